@@ -1,0 +1,1 @@
+"""bench (arrives with its issue)."""

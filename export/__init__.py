@@ -1,0 +1,1 @@
+"""Everything that needs torch: stand-in checkpoints, the PyTorch reference pipeline, ONNX/OpenVINO export."""

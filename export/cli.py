@@ -1,0 +1,157 @@
+"""CLI commands that need torch: `standin` and `reference`. Imported lazily by instantid_edge.cli."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..runtime.cli_options import generation_options, settings_from_options
+
+PRESET_CHOICE = click.Choice(["tiny", "small", "full"])
+
+
+@click.command()
+@click.option("--preset", type=PRESET_CHOICE, required=True, help="full = the exact SDXL + InstantID sizes.")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder to create (must not exist or be empty).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option(
+    "--embedding-dim",
+    type=int,
+    default=512,
+    show_default=True,
+    help="Face-embedding width the adapter takes (128 pairs with the 128-d test face pack).",
+)
+@click.option(
+    "--tokenizer",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="CLIP BPE files (a folder with vocab.json + merges.txt, or an SDXL folder with tokenizer/ "
+    "and tokenizer_2/). Default: ../shared/assets/configs/sdxl-base when present.",
+)
+@click.option("--dtype", type=click.Choice(["fp16", "fp32"]), help="Weight storage (default: fp16 for full).")
+@click.option("--describe", is_flag=True, help="Print parameter counts as JSON (meta device, no weights).")
+def standin(preset, out, seed, embedding_dim, tokenizer, dtype, describe):
+    """Write a random-weight stand-in of InstantID in the real on-disk layout.
+
+    \b
+    Example:
+      instantid-edge standin --preset tiny --embedding-dim 128 --out /tmp/standin-tiny
+      instantid-edge standin --preset full --describe
+    """
+    from .standin import build_standin
+    from .standin import describe as describe_preset
+
+    if describe:
+        click.echo(json.dumps(describe_preset(preset, embedding_dim), indent=2))
+        return
+    if out is None:
+        raise click.UsageError("--out is required (unless --describe)")
+    import torch
+
+    torch_dtype = {"fp16": torch.float16, "fp32": torch.float32, None: None}[dtype]
+    report = build_standin(out, preset, seed, embedding_dim, tokenizer, torch_dtype)
+    click.echo(json.dumps(report, indent=2))
+    click.echo(f"Wrote a RANDOM-WEIGHT stand-in ({preset}) to {out}; it is not a real model.", err=True)
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    help="SDXL base elsewhere: a diffusers folder or a single-file .safetensors.",
+)
+@generation_options
+@click.option("--threads", type=int, help="torch intra-op threads (default: torch's choice).")
+def reference(checkpoint, base, threads, **options):
+    """Generate a portrait with the PyTorch reference pipeline (the oracle for the runtime).
+
+    \b
+    Example:
+      instantid-edge reference /tmp/standin-tiny --face photo.jpg --prompt "a portrait, oil painting" \\
+          --out portrait.png --steps 30 --seed 42
+    """
+    import torch
+
+    from ..runtime.face import FaceAnalyzer
+    from ..runtime.files import save_npy
+    from ..runtime.images import load_rgb
+    from ..runtime.provenance import save_png
+    from .checkpoint import locate_checkpoint
+    from .reference import generate
+    from .reference_models import load_reference_models
+
+    settings, inputs = settings_from_options(options)
+    face_rgb = load_rgb(inputs.face)  # cheap checks first: a bad photo or path fails before models load
+    noise = inputs.load_latents()
+    paths = locate_checkpoint(checkpoint, base)
+    analyzer = FaceAnalyzer(inputs.face_models)
+    if threads:
+        torch.set_num_threads(threads)
+    models = load_reference_models(paths)
+    if models.standin:
+        click.echo(f"Weights: {models.standin['warning']} (preset {models.standin['preset']})", err=True)
+    with click.progressbar(length=settings.steps, label="denoising", file=sys.stderr) as bar:
+        result = generate(models, analyzer, face_rgb, settings, noise, progress=lambda i, n: bar.update(1))
+    face = result.conditioning.face
+    click.echo(
+        f"Face: {face.num_faces} found; using the largest, box {[round(float(v)) for v in face.bbox]} "
+        f"(score {face.det_score:.2f})",
+        err=True,
+    )
+    record = {
+        "generator": "reference (PyTorch)",
+        "settings": {
+            **settings.to_dict(),
+            "width": result.conditioning.width,
+            "height": result.conditioning.height,
+        },
+        "checkpoint": str(checkpoint),
+        "standin": bool(models.standin),
+        "faces_found": face.num_faces,
+    }
+    if inputs.save_latents:
+        save_npy(inputs.save_latents, result.latents)
+    save_png(inputs.out, result.image, record)
+    click.echo(json.dumps({"out": str(inputs.out), "timings_s": {k: round(v, 3) for k, v in result.timings.items()}}))
+
+
+@click.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("instantid-demo.png"), show_default=True)
+@click.option("--face-models", type=click.Path(path_type=Path), help="Face pack folder (default: see below).")
+@click.option("--work", type=click.Path(path_type=Path), help="Where the stand-in is built (default: ~/.cache).")
+@click.option("--steps", type=int, default=10, show_default=True)
+@click.option("--size", type=int, default=512, show_default=True, help="Output width and height.")
+def demo(out, face_models, work, steps, size):
+    """Run the whole pipeline once on embedded defaults, and say exactly what they are.
+
+    \b
+    Weights: a tiny random-weight stand-in built locally (real weights cannot ship with the code).
+    Face: skimage's astronaut photo. Face pack: ../shared/assets' test pack when present, else antelopev2
+    from ~/.insightface (insightface downloads it when the machine is online).
+    """
+    from ..runtime.provenance import save_png
+    from ..runtime.settings import GenerationSettings
+    from .checkpoint import locate_checkpoint
+    from .demo import DEMO_PROMPT, demo_inputs
+    from .reference import generate
+    from .reference_models import load_reference_models
+
+    if out.suffix.lower() != ".png":
+        raise click.UsageError(f"--out must end in .png: {out}")
+    inputs = demo_inputs(face_models, work)
+    for what, text in inputs["described"].items():
+        click.echo(f"{what:>10}: {text}", err=True)
+    settings = GenerationSettings(prompt=DEMO_PROMPT, steps=steps, height=size, width=size).validate()
+    models = load_reference_models(locate_checkpoint(inputs["standin"]))
+    result = generate(models, inputs["analyzer"], inputs["face_rgb"], settings)
+    record = {
+        "generator": "demo, reference (PyTorch)",
+        "settings": settings.to_dict(),
+        "standin": True,
+        "inputs": inputs["described"],
+    }
+    save_png(out, result.image, record)
+    click.echo(f"Wrote {out} ({size}x{size}, {steps} steps) in {sum(result.timings.values()):.1f} s.", err=True)

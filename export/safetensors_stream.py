@@ -1,0 +1,50 @@
+"""Write a .safetensors file one tensor at a time, so a 5 GB checkpoint never sits in memory at once.
+
+The format is an 8-byte little-endian header length, a JSON header of names, dtypes, shapes and byte
+offsets, then the raw little-endian tensor bytes in header order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+_DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16"}
+
+
+def write_safetensors(
+    path: Path,
+    specs: Iterable[tuple[str, tuple[int, ...]]],
+    dtype: torch.dtype,
+    make: Callable[[str, tuple[int, ...]], torch.Tensor],
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Write tensors `make(name, shape)` (cast to `dtype`) in the order of `specs`; returns the byte size."""
+    specs = [(name, tuple(shape)) for name, shape in specs]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    header, offset = {}, 0
+    for name, shape in specs:
+        size = math.prod(shape) * itemsize
+        header[name] = {
+            "dtype": _DTYPE_NAMES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    header["__metadata__"] = {"format": "pt", **(metadata or {})}
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for name, shape in specs:
+            tensor = make(name, shape).to(dtype).contiguous()
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"{name}: made shape {tuple(tensor.shape)}, expected {shape}")
+            f.write(tensor.numpy().tobytes())
+    return 8 + len(encoded) + offset

@@ -1,0 +1,1 @@
+"""quantize (arrives with its issue)."""

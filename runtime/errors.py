@@ -1,0 +1,37 @@
+"""The small error hierarchy: every problem a user can fix raises one of these.
+
+The library raises them with a message that says what was wrong and what to do; only the CLI turns them
+into an exit code (1) and a one-line message.
+"""
+
+
+class InstantIDError(Exception):
+    """Base class for errors caused by input, files or settings (not by bugs)."""
+
+
+class InputImageError(InstantIDError):
+    """A photo could not be read: missing, corrupt, truncated, too large, or of an unsupported kind."""
+
+
+class NoFaceError(InstantIDError):
+    """The face detector found no face in the photo."""
+
+
+class CheckpointError(InstantIDError):
+    """A checkpoint folder or file is missing, incomplete, or does not match the expected architecture."""
+
+
+class FaceModelError(InstantIDError):
+    """The insightface model pack is missing or lacks a detection or recognition model."""
+
+
+class PackageError(InstantIDError):
+    """A model package is missing, incomplete, altered, or of another schema version."""
+
+
+class ConfigError(InstantIDError):
+    """A generation setting is out of range or inconsistent."""
+
+
+class NumericalError(InstantIDError):
+    """A stage produced NaN or infinite values."""

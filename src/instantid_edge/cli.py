@@ -1,0 +1,76 @@
+"""The `instantid-edge` command: a thin, lazy click group over the library.
+
+Subcommands are imported only when run, so `--help` is instant and runtime commands never import torch.
+Library errors (instantid_edge.runtime.errors.InstantIDError) become a one-line message and exit code 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# name -> ("module:attribute", one-line help shown by `instantid-edge --help` without importing anything)
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "instantid_edge.export.cli:demo",
+        "Run the whole pipeline once on embedded defaults (a tiny random-weight stand-in).",
+    ),
+    "standin": (
+        "instantid_edge.export.cli:standin",
+        "Write random-weight stand-in checkpoints in the real InstantID layout (needs torch).",
+    ),
+    "reference": (
+        "instantid_edge.export.cli:reference",
+        "Generate a portrait with the PyTorch reference pipeline (needs torch).",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(LAZY_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in LAZY_COMMANDS:
+            return None
+        module_name, attribute = LAZY_COMMANDS[name][0].split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or "a dependency"
+            raise click.ClickException(
+                f"`{name}` needs {missing}, which is not installed. "
+                "Install the tools with: pip install 'instantid-edge[export]'"
+            ) from exc
+        return getattr(module, attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, LAZY_COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):
+        from instantid_edge.runtime.errors import InstantIDError
+
+        try:
+            return super().invoke(ctx)
+        except InstantIDError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=LazyGroup)
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="instantid-edge")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """InstantID on CPUs: stand-ins, export, a torch-free runtime, int8 and benchmarks."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli())

@@ -1,0 +1,66 @@
+"""Shared fixtures: the real small assets in ../shared/assets, and a tiny stand-in built once per session."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from instantid_edge.runtime.assets import shared_assets
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+ASSETS = shared_assets()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_torch = pytest.mark.skip(reason="needs torch: install the tools with pip install '.[export,dev]'")
+    for item in items:
+        if "torch" in item.keywords and not HAS_TORCH:
+            item.add_marker(skip_torch)
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    if ASSETS is None:
+        pytest.skip(
+            "real test assets not found: put them at ../shared/assets beside the project, or set INSTANTID_EDGE_ASSETS"
+        )
+    return ASSETS
+
+
+@pytest.fixture(scope="session")
+def face_pack(assets) -> Path:
+    return assets / "insightface" / "models" / "test_pack"
+
+
+@pytest.fixture(scope="session")
+def astronaut(assets) -> Path:
+    return assets / "faces" / "astronaut.png"
+
+
+@pytest.fixture(scope="session")
+def analyzer(face_pack):
+    from instantid_edge.runtime.face import FaceAnalyzer
+
+    return FaceAnalyzer(face_pack)
+
+
+@pytest.fixture(scope="session")
+def tiny_standin(tmp_path_factory, assets) -> Path:
+    """A tiny random-weight InstantID set (128-d face embeddings, to pair with the test face pack)."""
+    if not HAS_TORCH:
+        pytest.skip("building a stand-in needs torch")
+    from instantid_edge.export.standin import build_standin
+
+    out = tmp_path_factory.mktemp("standin") / "tiny"
+    build_standin(out, "tiny", seed=0, embedding_dim=128)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_standin):
+    from instantid_edge.export.checkpoint import locate_checkpoint
+    from instantid_edge.export.reference_models import load_reference_models
+
+    return load_reference_models(locate_checkpoint(tiny_standin))
