@@ -155,3 +155,35 @@ def demo(out, face_models, work, steps, size):
     }
     save_png(out, result.image, record)
     click.echo(f"Wrote {out} ({size}x{size}, {steps} steps) in {sum(result.timings.values()):.1f} s.", err=True)
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Package folder to create.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "both"]), default="both", show_default=True)
+@click.option("--height", type=int, help="Export static shapes for this output height (with --width).")
+@click.option("--width", type=int, help="Export static shapes for this output width (with --height).")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="Fuse a LoRA (repeatable).")
+@click.option("--base", type=click.Path(path_type=Path), help="SDXL base elsewhere (diffusers folder or .safetensors).")
+def export(checkpoint, out, fmt, height, width, loras, base):
+    """Export UNet, IdentityNet, the image adapter, both text encoders and the VAE to a model package.
+
+    \b
+    Example:
+      instantid-edge export /tmp/standin-tiny --out /tmp/pkg-tiny
+      instantid-edge export checkpoints --out pkg-768 --format openvino --height 768 --width 768 \\
+          --lora lcm-lora-sdxl.safetensors:1.0
+    """
+    from .lora import LoraSpec
+    from .package import ExportRequest, export_package
+
+    request = ExportRequest(
+        checkpoint=checkpoint,
+        out=out,
+        formats=("onnx", "openvino") if fmt == "both" else (fmt,),
+        height=height,
+        width=width,
+        loras=tuple(LoraSpec.parse(text) for text in loras),
+        base=base,
+    )
+    export_package(request, log=lambda line: click.echo(line, err=True))

@@ -1,7 +1,13 @@
-"""Load an InstantID checkpoint into PyTorch modules for the reference pipeline and for export."""
+"""Load an InstantID checkpoint into PyTorch modules, one component at a time when asked.
+
+`CheckpointLoader` loads each component on demand (export holds one large model at a time); LoRAs are fused
+into the UNet and the text encoders as they load. `load_reference_models` loads everything for the
+reference pipeline.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,31 +17,19 @@ import torch
 from ..runtime.errors import CheckpointError
 from .checkpoint import CheckpointPaths, weight_variant
 from .ip_attention import IPScale, install_ip_attention, load_ip_weights
+from .lora import LoraSpec, fuse_loras
 from .resampler import Resampler, resampler_config_from_state_dict
 
 
-@dataclass
-class ReferenceModels:
-    unet: torch.nn.Module  # with IP attention installed
-    identitynet: torch.nn.Module
-    vae: torch.nn.Module
-    text_encoder: torch.nn.Module
-    text_encoder_2: torch.nn.Module
-    tokenizer: object
-    tokenizer_2: object
-    scheduler_config: dict
-    resampler: Resampler
-    ip_scale: IPScale
-    force_zeros_for_empty_prompt: bool
-    standin: dict | None  # STANDIN.json when these are random stand-in weights
+def quiet_loaders() -> None:
+    """Loading progress bars and advice from diffusers/transformers would drown the CLI's own output."""
+    import diffusers
+    import transformers
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.resampler.proj_in.in_features
-
-    @property
-    def num_image_tokens(self) -> int:
-        return self.resampler.latents.shape[1]
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def _load(component: str, path: Path, load):
@@ -65,105 +59,172 @@ def load_ip_adapter(path: Path) -> dict:
     return state
 
 
-def load_resampler(state: dict, path: Path, dtype: torch.dtype) -> Resampler:
-    try:
-        resampler = Resampler(**resampler_config_from_state_dict(state))
-        resampler.load_state_dict(state, strict=True)
-    except (KeyError, IndexError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: image_proj does not match the InstantID Resampler: {exc}") from exc
-    return resampler.to(dtype).eval()
+class CheckpointLoader:
+    """Components of one checkpoint, each loaded (in `dtype`, LoRAs fused) when first asked for."""
 
+    def __init__(self, paths: CheckpointPaths, dtype: torch.dtype = torch.float32, loras: list[LoraSpec] = ()):
+        quiet_loaders()
+        self.paths, self.dtype, self.loras = paths, dtype, list(loras)
 
-def _load_sdxl_folder(base: Path, dtype: torch.dtype) -> dict:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    @functools.cached_property
+    def _single_file_parts(self) -> dict:
+        from .single_file import load_single_file_sdxl
 
-    def model(cls, part):
-        folder = base / part
+        return load_single_file_sdxl(self.paths.base, self.dtype)
+
+    def _sdxl_model(self, part: str):
+        if self.paths.base_is_single_file:
+            return self._single_file_parts[part]
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        cls = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+               "text_encoder_2": CLIPTextModelWithProjection}[part]  # fmt: skip
+        folder = self.paths.base / part
         return _load(
-            part,
-            folder,
-            lambda: cls.from_pretrained(folder, torch_dtype=dtype, variant=weight_variant(folder)).eval(),
+            part, folder, lambda: cls.from_pretrained(folder, torch_dtype=self.dtype, variant=weight_variant(folder))
         )
 
-    index = json.loads((base / "model_index.json").read_text())
-    return {
-        "unet": model(UNet2DConditionModel, "unet"),
-        "vae": model(AutoencoderKL, "vae"),
-        "text_encoder": model(CLIPTextModel, "text_encoder"),
-        "text_encoder_2": model(CLIPTextModelWithProjection, "text_encoder_2"),
-        "tokenizer": _load("tokenizer", base / "tokenizer", lambda: CLIPTokenizer.from_pretrained(base / "tokenizer")),
-        "tokenizer_2": _load(
-            "tokenizer_2", base / "tokenizer_2", lambda: CLIPTokenizer.from_pretrained(base / "tokenizer_2")
-        ),
-        "scheduler_config": json.loads((base / "scheduler" / "scheduler_config.json").read_text()),
-        "force_zeros_for_empty_prompt": bool(index.get("force_zeros_for_empty_prompt", True)),
-    }
+    @functools.cached_property
+    def unet_config(self):
+        if self.paths.base_is_single_file:
+            return self._single_file_parts["unet"].config
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel.load_config(self.paths.base / "unet")
+
+    @functools.cached_property
+    def index(self) -> dict:
+        if self.paths.base_is_single_file:
+            return {"force_zeros_for_empty_prompt": True}
+        return json.loads((self.paths.base / "model_index.json").read_text())
+
+    @functools.cached_property
+    def scheduler_config(self) -> dict:
+        if self.paths.base_is_single_file:
+            return dict(self._single_file_parts["scheduler_config"])
+        return json.loads((self.paths.base / "scheduler" / "scheduler_config.json").read_text())
+
+    @functools.cached_property
+    def ip_state(self) -> dict:
+        return load_ip_adapter(self.paths.ip_adapter)
+
+    @property
+    def standin(self) -> dict | None:
+        marker = self.paths.standin_marker
+        return json.loads(marker.read_text()) if marker.is_file() else None
+
+    def tokenizers(self):
+        if self.paths.base_is_single_file:
+            return self._single_file_parts["tokenizer"], self._single_file_parts["tokenizer_2"]
+        from transformers import CLIPTokenizer
+
+        return tuple(
+            _load(name, self.paths.base / name, lambda name=name: CLIPTokenizer.from_pretrained(self.paths.base / name))
+            for name in ("tokenizer", "tokenizer_2")
+        )
+
+    def text_encoder(self, which: str = "text_encoder"):
+        model = self._sdxl_model(which).eval()
+        fuse_loras(model, which, self.loras, self.unet_config)
+        return model
+
+    def vae(self):
+        return self._sdxl_model("vae").eval()
+
+    def resampler(self) -> Resampler:
+        state = self.ip_state["image_proj"]
+        try:
+            resampler = Resampler(**resampler_config_from_state_dict(state))
+            resampler.load_state_dict(state, strict=True)
+        except (KeyError, IndexError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{self.paths.ip_adapter}: image_proj does not match the InstantID Resampler: {exc}"
+            ) from exc
+        return resampler.to(self.dtype).eval()
+
+    def identitynet(self):
+        from diffusers import ControlNetModel
+
+        folder = self.paths.identitynet
+        return _load("IdentityNet", folder, lambda: ControlNetModel.from_pretrained(
+            folder, torch_dtype=self.dtype, variant=weight_variant(folder)).eval())  # fmt: skip
+
+    def unet(self, num_image_tokens: int) -> tuple[torch.nn.Module, IPScale]:
+        """The UNet with LoRAs fused and IP attention installed; its IP scale holder."""
+        unet = self._sdxl_model("unet").eval()
+        fuse_loras(unet, "unet", self.loras, unet.config)
+        scale = IPScale(1.0)
+        installed = install_ip_attention(unet, num_image_tokens, scale)
+        try:
+            load_ip_weights(installed, self.ip_state["ip_adapter"])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{self.paths.ip_adapter}: ip_adapter does not fit this UNet: {exc}") from exc
+        return unet, scale
 
 
-def check_compatible(parts: dict, resampler: Resampler, identitynet, paths: CheckpointPaths) -> None:
-    cross = parts["unet"].config.cross_attention_dim
-    widths = parts["text_encoder"].config.hidden_size + parts["text_encoder_2"].config.hidden_size
+@dataclass
+class ReferenceModels:
+    unet: torch.nn.Module  # with IP attention installed
+    identitynet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    text_encoder_2: torch.nn.Module
+    tokenizer: object
+    tokenizer_2: object
+    scheduler_config: dict
+    resampler: Resampler
+    ip_scale: IPScale
+    force_zeros_for_empty_prompt: bool
+    standin: dict | None  # STANDIN.json when these are random stand-in weights
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.resampler.proj_in.in_features
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.resampler.latents.shape[1]
+
+
+def check_compatible(unet, identitynet, text_encoder, text_encoder_2, resampler: Resampler, ip_file: Path) -> None:
+    cross = unet.config.cross_attention_dim
+    widths = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
     checks = [
-        (
-            widths == cross,
-            f"the text encoders' widths sum to {widths}, the UNet cross-attention needs {cross}",
-        ),
-        (
-            resampler.proj_out.out_features == cross,
-            f"{paths.ip_adapter.name} makes {resampler.proj_out.out_features}-d face tokens, the UNet needs {cross}",
-        ),
-        (
-            identitynet.config.cross_attention_dim == cross,
-            f"IdentityNet cross-attention is {identitynet.config.cross_attention_dim}-d, the UNet's is {cross}",
-        ),
-        (
-            identitynet.config.projection_class_embeddings_input_dim
-            == parts["unet"].config.projection_class_embeddings_input_dim,
-            "IdentityNet and UNet disagree on the added (pooled text + time ids) embedding width",
-        ),
-    ]
+        (widths == cross, f"the text encoders' widths sum to {widths}, the UNet cross-attention needs {cross}"),
+        (resampler.proj_out.out_features == cross,
+         f"{ip_file.name} makes {resampler.proj_out.out_features}-d face tokens, the UNet needs {cross}"),
+        (identitynet.config.cross_attention_dim == cross,
+         f"IdentityNet cross-attention is {identitynet.config.cross_attention_dim}-d, the UNet's is {cross}"),
+        (identitynet.config.projection_class_embeddings_input_dim == unet.config.projection_class_embeddings_input_dim,
+         "IdentityNet and UNet disagree on the added (pooled text + time ids) embedding width"),
+    ]  # fmt: skip
     problems = [message for ok, message in checks if not ok]
     if problems:
         raise CheckpointError(f"mismatched model files: {'; '.join(problems)}")
 
 
-def quiet_loaders() -> None:
-    """Loading progress bars and advice from diffusers/transformers would drown the CLI's own output."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-
-
-def load_reference_models(paths: CheckpointPaths, dtype: torch.dtype = torch.float32) -> ReferenceModels:
-    from diffusers import ControlNetModel
-
-    quiet_loaders()
-    if paths.base_is_single_file:
-        from .single_file import load_single_file_sdxl
-
-        parts = load_single_file_sdxl(paths.base, dtype)
-    else:
-        parts = _load_sdxl_folder(paths.base, dtype)
-    identitynet = _load(
-        "IdentityNet",
-        paths.identitynet,
-        lambda: ControlNetModel.from_pretrained(
-            paths.identitynet, torch_dtype=dtype, variant=weight_variant(paths.identitynet)
-        ).eval(),
+def load_reference_models(
+    paths: CheckpointPaths, dtype: torch.dtype = torch.float32, loras: list[LoraSpec] = ()
+) -> ReferenceModels:
+    loader = CheckpointLoader(paths, dtype, loras)
+    resampler = loader.resampler()
+    identitynet = loader.identitynet()
+    text_encoder, text_encoder_2 = loader.text_encoder("text_encoder"), loader.text_encoder("text_encoder_2")
+    unet, scale = loader.unet(resampler.latents.shape[1])
+    check_compatible(unet, identitynet, text_encoder, text_encoder_2, resampler, paths.ip_adapter)
+    tokenizer, tokenizer_2 = loader.tokenizers()
+    return ReferenceModels(
+        unet=unet,
+        identitynet=identitynet,
+        vae=loader.vae(),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        scheduler_config=loader.scheduler_config,
+        resampler=resampler,
+        ip_scale=scale,
+        force_zeros_for_empty_prompt=bool(loader.index.get("force_zeros_for_empty_prompt", True)),
+        standin=loader.standin,
     )
-    state = load_ip_adapter(paths.ip_adapter)
-    resampler = load_resampler(state["image_proj"], paths.ip_adapter, dtype)
-    check_compatible(parts, resampler, identitynet, paths)
-    scale = IPScale(1.0)
-    installed = install_ip_attention(parts["unet"], resampler.latents.shape[1], scale)
-    try:
-        load_ip_weights(installed, state["ip_adapter"])
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{paths.ip_adapter}: ip_adapter does not fit this UNet: {exc}") from exc
-    standin = json.loads(paths.standin_marker.read_text()) if paths.standin_marker.is_file() else None
-    return ReferenceModels(identitynet=identitynet, resampler=resampler, ip_scale=scale, standin=standin, **parts)

@@ -35,3 +35,7 @@ class ConfigError(InstantIDError):
 
 class NumericalError(InstantIDError):
     """A stage produced NaN or infinite values."""
+
+
+class ExportError(InstantIDError):
+    """An export or quantization produced graphs that disagree with PyTorch beyond tolerance."""

@@ -64,3 +64,13 @@ def tiny_models(tiny_standin):
     from instantid_edge.export.reference_models import load_reference_models
 
     return load_reference_models(locate_checkpoint(tiny_standin))
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory, tiny_standin) -> Path:
+    """The tiny stand-in exported to ONNX and OpenVINO (dynamic shapes)."""
+    from instantid_edge.export.package import ExportRequest, export_package
+
+    out = tmp_path_factory.mktemp("package") / "tiny"
+    export_package(ExportRequest(tiny_standin, out), log=lambda line: None)
+    return out

@@ -21,6 +21,14 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "instantid_edge.export.cli:standin",
         "Write random-weight stand-in checkpoints in the real InstantID layout (needs torch).",
     ),
+    "export": (
+        "instantid_edge.export.cli:export",
+        "Export a checkpoint to a model package (ONNX and/or OpenVINO IR) with measured parity (needs torch).",
+    ),
+    "inspect": (
+        "instantid_edge.runtime.cli:inspect",
+        "Print a model package's manifest and verify its files.",
+    ),
     "reference": (
         "instantid_edge.export.cli:reference",
         "Generate a portrait with the PyTorch reference pipeline (needs torch).",

@@ -1,0 +1,207 @@
+"""The exported graphs: thin wrappers whose inputs and outputs carry our names, and their tensor specs.
+
+Shapes use symbolic dims when dynamic ("batch", "latent_height", ...) and numbers when the export is for one
+size. Batch stays dynamic in every export (CFG runs batch 2, no CFG batch 1); OpenVINO compiles for the
+exact shapes at load time anyway.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..runtime.manifest import TensorSpec
+
+TEXT_LENGTH = 77
+# Pixel stride of IdentityNet's 9 down residuals (the UNet's skip features) and of the mid residual.
+RESIDUAL_STRIDES = (1, 1, 1, 2, 2, 2, 4, 4, 4)
+RESIDUALS = tuple(f"down_{i}" for i in range(9)) + ("mid",)
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Sizes the specs need; height/width None means dynamic spatial dims."""
+
+    cross: int  # cross-attention width (text widths summed)
+    text_widths: tuple[int, int]
+    pooled: int
+    embedding: int
+    tokens: int
+    residual_channels: tuple[int, ...]  # 9 down + mid
+    height: int | None = None
+    width: int | None = None
+
+    def latent(self, stride: int = 1) -> tuple[int | str, int | str]:
+        if self.height is None:
+            suffix = "" if stride == 1 else f"_{stride}"
+            return f"latent_height{suffix}", f"latent_width{suffix}"
+        h, w = self.height // 8, self.width // 8
+        for _ in range(int(math.log2(stride))):
+            h, w = -(-h // 2), -(-w // 2)  # stride-2 convs with padding 1 round up
+        return h, w
+
+    def pixels(self) -> tuple[int | str, int | str]:
+        return ("height", "width") if self.height is None else (self.height, self.width)
+
+
+def _f32(name, *shape) -> TensorSpec:
+    return TensorSpec(name, "float32", tuple(shape))
+
+
+class TextEncoderGraph(nn.Module):
+    def __init__(self, encoder, pooled: bool):
+        super().__init__()
+        self.encoder, self.pooled = encoder, pooled
+
+    def forward(self, input_ids):
+        output = self.encoder(input_ids, output_hidden_states=True)
+        hidden = output.hidden_states[-2]  # penultimate layer, before the final LayerNorm, as SDXL uses it
+        return (hidden, output.text_embeds) if self.pooled else hidden
+
+
+class ImageProjGraph(nn.Module):
+    def __init__(self, resampler):
+        super().__init__()
+        self.resampler = resampler
+
+    def forward(self, image_embeds):
+        return self.resampler(image_embeds)
+
+
+class IdentityNetGraph(nn.Module):
+    def __init__(self, identitynet):
+        super().__init__()
+        self.net = identitynet
+
+    def forward(self, sample, timestep, image_tokens, controlnet_cond, conditioning_scale, text_embeds, time_ids):
+        down, mid = self.net(
+            sample,
+            timestep,
+            encoder_hidden_states=image_tokens,
+            controlnet_cond=controlnet_cond,
+            conditioning_scale=conditioning_scale,
+            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+            return_dict=False,
+        )
+        return (*down, mid)
+
+
+class UNetGraph(nn.Module):
+    def __init__(self, unet, ip_scale):
+        super().__init__()
+        self.unet, self.ip_scale_holder = unet, ip_scale
+
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids, *residuals_and_scale):
+        *residuals, ip_scale = residuals_and_scale
+        self.ip_scale_holder.value = ip_scale
+        return self.unet(
+            sample,
+            timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+            down_block_additional_residuals=tuple(residuals[:9]),
+            mid_block_additional_residual=residuals[9],
+            return_dict=False,
+        )[0]
+
+
+class VaeDecoderGraph(nn.Module):
+    """Denoised latents -> image in [-1, 1]; the 1/scaling_factor is inside."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents):
+        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+
+
+class VaeEncoderGraph(nn.Module):
+    """Image in [-1, 1] -> latents (the distribution's mean, times scaling_factor)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image):
+        return self.vae.encode(image).latent_dist.mode() * self.vae.config.scaling_factor
+
+
+def specs(name: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs) of a graph."""
+    b = "batch"
+    h, w = d.latent()
+    ph, pw = d.pixels()
+    residuals = [
+        _f32(n, b, c, *d.latent(s))
+        for n, c, s in zip(RESIDUALS, d.residual_channels, RESIDUAL_STRIDES + (4,), strict=True)
+    ]
+    ids = TensorSpec("input_ids", "int64", (b, TEXT_LENGTH))
+    table = {
+        "text_encoder": ([ids], [_f32("hidden_states", b, TEXT_LENGTH, d.text_widths[0])]),
+        "text_encoder_2": (
+            [ids],
+            [_f32("hidden_states", b, TEXT_LENGTH, d.text_widths[1]), _f32("text_embeds", b, d.pooled)],
+        ),
+        "image_proj": ([_f32("image_embeds", b, 1, d.embedding)], [_f32("image_tokens", b, d.tokens, d.cross)]),
+        "identitynet": (
+            [
+                _f32("sample", b, 4, h, w),
+                _f32("timestep"),
+                _f32("image_tokens", b, d.tokens, d.cross),
+                _f32("controlnet_cond", b, 3, ph, pw),
+                _f32("conditioning_scale"),
+                _f32("text_embeds", b, d.pooled),
+                _f32("time_ids", b, 6),
+            ],
+            residuals,
+        ),  # fmt: skip
+        "unet": (
+            [
+                _f32("sample", b, 4, h, w),
+                _f32("timestep"),
+                _f32("encoder_hidden_states", b, TEXT_LENGTH + d.tokens, d.cross),
+                _f32("text_embeds", b, d.pooled),
+                _f32("time_ids", b, 6),
+                *residuals,
+                _f32("ip_scale"),
+            ],
+            [_f32("noise_pred", b, 4, h, w)],
+        ),  # fmt: skip
+        "vae_decoder": ([_f32("latents", b, 4, h, w)], [_f32("image", b, 3, ph, pw)]),
+        "vae_encoder": ([_f32("image", b, 3, ph, pw)], [_f32("latents", b, 4, h, w)]),
+    }
+    return table[name]
+
+
+def example_inputs(inputs: list[TensorSpec], sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs for validation: symbolic dims take `sizes`, values are plausible per name."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in inputs:
+        shape = tuple(sizes[dim] if isinstance(dim, str) else dim for dim in spec.shape)
+        if spec.name == "input_ids":
+            ids = rng.integers(1, 49405, shape)
+            ids[:, 0], ids[:, 12], ids[:, 13:] = 49406, 49407, 49407  # BOS, a 11-token prompt, EOS padding
+            feeds[spec.name] = ids.astype(np.int64)
+        elif spec.name == "timestep":
+            feeds[spec.name] = np.array(500.0, np.float32)
+        elif spec.name in ("conditioning_scale", "ip_scale"):
+            feeds[spec.name] = np.array(0.8, np.float32)
+        elif spec.name == "controlnet_cond":
+            feeds[spec.name] = rng.uniform(0, 1, shape).astype(np.float32)
+        elif spec.name == "time_ids":
+            feeds[spec.name] = np.tile(np.array([[1024, 1024, 0, 0, 1024, 1024]], np.float32), (shape[0], 1))
+        elif spec.name == "image_embeds":
+            feeds[spec.name] = (rng.standard_normal(shape) * 1.5).astype(np.float32)  # raw embeddings have norm ~20
+        else:
+            feeds[spec.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def as_torch(feeds: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(np.array(v)) for v in feeds.values())
