@@ -14,12 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..runtime.manifest import TensorSpec
+from ..runtime.manifest import RESIDUAL_STRIDES, RESIDUALS, TensorSpec
 
 TEXT_LENGTH = 77
-# Pixel stride of IdentityNet's 9 down residuals (the UNet's skip features) and of the mid residual.
-RESIDUAL_STRIDES = (1, 1, 1, 2, 2, 2, 4, 4, 4)
-RESIDUALS = tuple(f"down_{i}" for i in range(9)) + ("mid",)
 
 
 @dataclass(frozen=True)
@@ -138,7 +135,7 @@ def specs(name: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec]]:
     ph, pw = d.pixels()
     residuals = [
         _f32(n, b, c, *d.latent(s))
-        for n, c, s in zip(RESIDUALS, d.residual_channels, RESIDUAL_STRIDES + (4,), strict=True)
+        for n, c, s in zip(RESIDUALS, d.residual_channels, RESIDUAL_STRIDES, strict=True)
     ]
     ids = TensorSpec("input_ids", "int64", (b, TEXT_LENGTH))
     table = {

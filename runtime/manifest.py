@@ -27,6 +27,10 @@ SCHEMA = "instantid-edge/model-package"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPH_NAMES = ("text_encoder", "text_encoder_2", "image_proj", "identitynet", "unet", "vae_decoder", "vae_encoder")
+# IdentityNet's outputs / the UNet's residual inputs: 9 down residuals (the UNet's skip features) and the mid
+# residual, with their latent strides.
+RESIDUALS = tuple(f"down_{i}" for i in range(9)) + ("mid",)
+RESIDUAL_STRIDES = (1, 1, 1, 2, 2, 2, 4, 4, 4, 4)
 
 
 @dataclass(frozen=True)
