@@ -134,8 +134,7 @@ def specs(name: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec]]:
     h, w = d.latent()
     ph, pw = d.pixels()
     residuals = [
-        _f32(n, b, c, *d.latent(s))
-        for n, c, s in zip(RESIDUALS, d.residual_channels, RESIDUAL_STRIDES, strict=True)
+        _f32(n, b, c, *d.latent(s)) for n, c, s in zip(RESIDUALS, d.residual_channels, RESIDUAL_STRIDES, strict=True)
     ]
     ids = TensorSpec("input_ids", "int64", (b, TEXT_LENGTH))
     table = {

@@ -85,6 +85,8 @@ def generate(
     from diffusers import EulerDiscreteScheduler
 
     settings.validate()
+    if (settings.sampler, settings.karras, settings.timestep_spacing, settings.num_images) != ("euler", False, None, 1):
+        raise ConfigError("the reference runs one image with the checkpoint's Euler scheduler only")
     timings, clock = {}, time.perf_counter()
     cond = face_conditioning(analyzer, face_rgb, settings.width, settings.height)
     if cond.face.embedding.shape[0] != models.embedding_dim:

@@ -79,6 +79,8 @@ def make_denoiser(
                      "controlnet_cond": cond.control, "conditioning_scale": np.array(scale, np.float32),
                      "text_embeds": cond.pooled, "time_ids": cond.time_ids}  # fmt: skip
             residuals = timer.run("identitynet", identitynet.run, feeds)
+            for value in residuals.values():
+                check_finite(f"identitynet (step {step + 1})", value)
         else:
             residuals = zero_residuals(package, batch, x.shape[2], x.shape[3])
         feeds = {"sample": x, "timestep": timestep, "encoder_hidden_states": context, "text_embeds": cond.pooled,

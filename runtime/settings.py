@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass
 from .errors import ConfigError
 
 MAX_SIDE = 4096
+SAMPLER_NAMES = ("euler", "euler_ancestral", "dpmpp_2m", "lcm")
+SPACINGS = ("leading", "trailing")
+MAX_IMAGES = 16
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,10 @@ class GenerationSettings:
     width: int | None = None
     control_start: float = 0.0  # IdentityNet active window, as fractions of the schedule
     control_end: float = 1.0
+    sampler: str = "euler"
+    karras: bool = False  # Karras sigmas (euler, dpmpp_2m)
+    timestep_spacing: str | None = None  # None: the package's scheduler config (SDXL: leading)
+    num_images: int = 1  # image i uses seed + i
 
     def validate(self) -> GenerationSettings:
         if not 1 <= self.steps <= 1000:
@@ -47,6 +54,14 @@ class GenerationSettings:
                 f"the IdentityNet window must satisfy 0 <= start < end <= 1, got "
                 f"{self.control_start}..{self.control_end}"
             )
+        if self.sampler not in SAMPLER_NAMES:
+            raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+        if self.karras and self.sampler not in ("euler", "dpmpp_2m"):
+            raise ConfigError(f"Karras sigmas apply to the euler and dpmpp_2m samplers, not {self.sampler}")
+        if self.timestep_spacing is not None and self.timestep_spacing not in SPACINGS:
+            raise ConfigError(f"timestep spacing must be one of {', '.join(SPACINGS)}, got {self.timestep_spacing!r}")
+        if not 1 <= self.num_images <= MAX_IMAGES:
+            raise ConfigError(f"num-images must be between 1 and {MAX_IMAGES}, got {self.num_images}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be between 0 and 2**63-1, got {self.seed}")
         return self

@@ -41,8 +41,12 @@ class TextEncoder:
         ids_1, ids_2 = (tokenizer.encode(prompt)[None] for tokenizer in self.tokenizers)
         hidden_1 = self.package.session("text_encoder").run({"input_ids": ids_1})["hidden_states"]
         second = self.package.session("text_encoder_2").run({"input_ids": ids_2})
-        hidden = check_finite("text_encoder", np.concatenate([hidden_1, second["hidden_states"]], axis=-1))
-        result = (hidden, check_finite("text_encoder_2", second["text_embeds"]))
+        check_finite("text_encoder", hidden_1)
+        check_finite("text_encoder_2", second["hidden_states"])
+        result = (
+            np.concatenate([hidden_1, second["hidden_states"]], axis=-1),
+            check_finite("text_encoder_2", second["text_embeds"]),
+        )
         self._cache[prompt] = result
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

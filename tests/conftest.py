@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from instantid_edge.runtime.assets import shared_assets
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 ASSETS = shared_assets()
+PACKAGE_ENV = "INSTANTID_EDGE_TEST_PACKAGE"  # a tiny package exported elsewhere (CI's torch-free environment)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -74,3 +76,13 @@ def tiny_package(tmp_path_factory, tiny_standin) -> Path:
     out = tmp_path_factory.mktemp("package") / "tiny"
     export_package(ExportRequest(tiny_standin, out), log=lambda line: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def runtime_package(request) -> Path:
+    """A tiny exported package: from $INSTANTID_EDGE_TEST_PACKAGE where torch is absent, else exported here."""
+    if os.environ.get(PACKAGE_ENV):
+        return Path(os.environ[PACKAGE_ENV])
+    if not HAS_TORCH:
+        pytest.skip(f"no model package: set {PACKAGE_ENV} to a tiny package exported with the export extra")
+    return request.getfixturevalue("tiny_package")

@@ -25,6 +25,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "instantid_edge.export.cli:export",
         "Export a checkpoint to a model package (ONNX and/or OpenVINO IR) with measured parity (needs torch).",
     ),
+    "generate": (
+        "instantid_edge.runtime.cli:generate",
+        "Generate a portrait from a face photo and a prompt with a model package (no PyTorch).",
+    ),
     "inspect": (
         "instantid_edge.runtime.cli:inspect",
         "Print a model package's manifest and verify its files.",

@@ -1,0 +1,210 @@
+"""Schedules and samplers as small numpy functions: the denoising loop without torch.
+
+A sampler takes `eps(model_input, t, step)` (the UNet's noise prediction for what diffusers would feed it at
+that step), the initial unit noise, a schedule and an explicit numpy Generator, and returns the final
+latents. Each follows its diffusers scheduler step for step (tests compare every step):
+`euler` (EulerDiscreteScheduler, the SDXL default), `euler_ancestral`, `dpmpp_2m` (DPMSolverMultistep,
+dpmsolver++ order 2) and `lcm` (LCMScheduler). Timestep spacing `leading` or `trailing`; Karras sigmas for
+euler and dpmpp_2m.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError
+
+Denoiser = Callable[[np.ndarray, float, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    timesteps: np.ndarray  # what the model is given at each step
+    sigmas: np.ndarray  # one more than timesteps (ends at 0); unused by lcm
+    init_sigma: float  # unit noise is scaled by this
+    alphas_cumprod: np.ndarray  # float32 [num_train_timesteps]
+
+
+def alphas_cumprod(config: dict) -> np.ndarray:
+    """scaled_linear betas as diffusers computes them (torch float32 linspace, cumprod accumulated in double)."""
+    if (
+        config.get("beta_schedule", "scaled_linear") != "scaled_linear"
+        or config.get("prediction_type", "epsilon") != "epsilon"
+    ):
+        raise ConfigError("only the SDXL noise schedule (scaled_linear betas, epsilon prediction) is supported")
+    n = int(config["num_train_timesteps"])
+    start, end = np.float32(config["beta_start"] ** 0.5), np.float32(config["beta_end"] ** 0.5)
+    step = (end - start) / np.float32(n - 1)
+    index = np.arange(n)
+    # torch.linspace fills the first half from the start and the second half from the end
+    roots = np.where(
+        index < n // 2, start + step * index.astype(np.float32), end - step * (n - 1 - index).astype(np.float32)
+    )
+    betas = (roots.astype(np.float32) ** 2).astype(np.float32)
+    return np.cumprod((1 - betas).astype(np.float64)).astype(np.float32)
+
+
+def _karras(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    ramp = np.linspace(0, 1, n)
+    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def _sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """Fractional timestep of each sigma by linear interpolation in log-sigma (diffusers' rule)."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, None]
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=len(log_sigmas) - 2)
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
+    return (1 - w) * low + w * (low + 1)
+
+
+def euler_schedule(config: dict, steps: int, spacing: str | None = None, karras: bool = False) -> Schedule:
+    """EulerDiscreteScheduler.set_timesteps (also EulerAncestral's, which has no Karras option)."""
+    acp = alphas_cumprod(config)
+    n = int(config["num_train_timesteps"])
+    spacing = spacing or config.get("timestep_spacing", "leading")
+    if spacing == "leading":
+        timesteps = (np.arange(steps) * (n // steps)).round()[::-1].astype(np.float32) + config.get("steps_offset", 0)
+    else:
+        timesteps = np.arange(n, 0, -n / steps).round().astype(np.float32) - 1
+    table = ((1 - acp) / acp) ** 0.5
+    sigmas = np.interp(timesteps, np.arange(n), table)
+    if karras:
+        sigmas = _karras(sigmas[-1], sigmas[0], steps)
+        timesteps = _sigma_to_t(sigmas, np.log(table))
+    sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
+    top = float(sigmas.max())
+    return Schedule(timesteps.astype(np.float32), sigmas, top if spacing == "trailing" else (top**2 + 1) ** 0.5, acp)
+
+
+def dpm_schedule(config: dict, steps: int, spacing: str | None = None, karras: bool = False) -> Schedule:
+    """DPMSolverMultistepScheduler.set_timesteps: integer timesteps, sigmas ending at zero, no input scaling."""
+    acp = alphas_cumprod(config)
+    n = int(config["num_train_timesteps"])
+    spacing = spacing or config.get("timestep_spacing", "leading")
+    if spacing == "leading":
+        timesteps = (np.arange(steps + 1) * (n // (steps + 1))).round()[::-1][:-1] + config.get("steps_offset", 0)
+    else:
+        timesteps = np.arange(n, 0, -n / steps).round() - 1
+    table = ((1 - acp) / acp) ** 0.5
+    if karras:
+        sigmas = _karras(table[0], table[-1], steps)
+        timesteps = _sigma_to_t(sigmas, np.log(table)).round()
+    else:
+        sigmas = np.interp(timesteps, np.arange(n), table)
+    return Schedule(
+        timesteps.astype(np.int64).astype(np.float32), np.concatenate([sigmas, [0.0]]).astype(np.float32), 1.0, acp
+    )
+
+
+def lcm_schedule(config: dict, steps: int, original_steps: int = 50) -> Schedule:
+    """LCMScheduler.set_timesteps: `steps` evenly chosen from the 50 timesteps LCM was distilled on."""
+    n = int(config["num_train_timesteps"])
+    origin = (np.arange(1, original_steps + 1) * (n // original_steps) - 1)[::-1]
+    if steps > original_steps:
+        raise ConfigError(f"the lcm sampler takes at most {original_steps} steps, got {steps}")
+    timesteps = origin[np.floor(np.linspace(0, original_steps, steps, endpoint=False)).astype(np.int64)]
+    return Schedule(timesteps.astype(np.float32), np.zeros(steps + 1, np.float32), 1.0, alphas_cumprod(config))
+
+
+def euler(eps: Denoiser, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None) -> np.ndarray:
+    for i, t in enumerate(s.timesteps):
+        sigma, sigma_next = s.sigmas[i], s.sigmas[i + 1]
+        noise = eps(x / np.float32((sigma**2 + 1) ** 0.5), float(t), i)
+        denoised = x - sigma * noise
+        x = (x + (x - denoised) / sigma * (sigma_next - sigma)).astype(np.float32)
+        if callback:
+            callback(i)
+    return x
+
+
+def euler_ancestral(eps: Denoiser, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None) -> np.ndarray:
+    for i, t in enumerate(s.timesteps):
+        sigma, sigma_next = s.sigmas[i], s.sigmas[i + 1]
+        noise = eps(x / np.float32((sigma**2 + 1) ** 0.5), float(t), i)
+        denoised = x - sigma * noise
+        sigma_up = np.float32((sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+        sigma_down = np.float32((sigma_next**2 - sigma_up**2) ** 0.5)
+        x = x + (x - denoised) / sigma * (sigma_down - sigma)
+        x = (x + rng.standard_normal(x.shape, dtype=np.float32) * sigma_up).astype(np.float32)
+        if callback:
+            callback(i)
+    return x
+
+
+def dpmpp_2m(eps: Denoiser, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None) -> np.ndarray:
+    """DPM-Solver++(2M), midpoint; the last step is first order (diffusers' final_sigmas_type "zero")."""
+
+    def alpha_sigma(sigma):
+        alpha = np.float32(1 / (sigma**2 + 1) ** 0.5)
+        return alpha, np.float32(sigma * alpha)
+
+    previous = None
+    steps = len(s.timesteps)
+    for i, t in enumerate(s.timesteps):
+        alpha_s, sigma_s = alpha_sigma(s.sigmas[i])
+        denoised = (x - sigma_s * eps(x, float(t), i)) / alpha_s
+        if i == steps - 1:  # sigma_next = 0: the first-order update lands exactly on the prediction
+            x = denoised
+        else:
+            alpha_t, sigma_t = alpha_sigma(s.sigmas[i + 1])
+            h = np.float32(np.log(alpha_t) - np.log(sigma_t) - (np.log(alpha_s) - np.log(sigma_s)))
+            step = alpha_t * np.float32(np.exp(-h) - 1.0)
+            if previous is None:
+                x = (sigma_t / sigma_s) * x - step * denoised
+            else:
+                alpha_p, sigma_p = alpha_sigma(s.sigmas[i - 1])
+                r = np.float32((np.log(alpha_s) - np.log(sigma_s) - (np.log(alpha_p) - np.log(sigma_p))) / h)
+                x = (
+                    (sigma_t / sigma_s) * x
+                    - step * denoised
+                    - np.float32(0.5) * step * ((1 / r) * (denoised - previous))
+                )
+        previous = denoised
+        x = x.astype(np.float32)
+        if callback:
+            callback(i)
+    return x
+
+
+def lcm(eps: Denoiser, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None) -> np.ndarray:
+    """Consistency steps: predict the clean latents, then re-noise them to the next timestep (not after the last)."""
+    sigma_data, scaling = 0.5, 10.0
+    for i, t in enumerate(s.timesteps):
+        a = s.alphas_cumprod[int(t)]
+        scaled = t * scaling
+        c_skip, c_out = sigma_data**2 / (scaled**2 + sigma_data**2), scaled / (scaled**2 + sigma_data**2) ** 0.5
+        x0 = (x - np.sqrt(1 - a) * eps(x, float(t), i)) / np.sqrt(a)
+        x = (np.float32(c_out) * x0 + np.float32(c_skip) * x).astype(np.float32)
+        if i < len(s.timesteps) - 1:
+            a_next = s.alphas_cumprod[int(s.timesteps[i + 1])]
+            x = (np.sqrt(a_next) * x + np.sqrt(1 - a_next) * rng.standard_normal(x.shape, dtype=np.float32)).astype(
+                np.float32
+            )
+        if callback:
+            callback(i)
+    return x
+
+
+SAMPLERS = {
+    "euler": (euler, euler_schedule),
+    "euler_ancestral": (euler_ancestral, lambda c, n, spacing=None, karras=False: euler_schedule(c, n, spacing)),
+    "dpmpp_2m": (dpmpp_2m, dpm_schedule),
+    "lcm": (lcm, lambda c, n, spacing=None, karras=False: lcm_schedule(c, n)),
+}
+
+
+def make_schedule(name: str, config: dict, steps: int, spacing: str | None = None, karras: bool = False) -> Schedule:
+    return SAMPLERS[name][1](config, steps, spacing, karras)
+
+
+def sample(settings, scheduler_config: dict, eps: Denoiser, noise: np.ndarray, rng: np.random.Generator, callback=None):
+    """Run `settings.sampler` from unit `noise`; the step noise of stochastic samplers comes from `rng`."""
+    function, _ = SAMPLERS[settings.sampler]
+    schedule = make_schedule(
+        settings.sampler, scheduler_config, settings.steps, settings.timestep_spacing, settings.karras
+    )
+    return function(eps, (noise * np.float32(schedule.init_sigma)).astype(np.float32), schedule, rng, callback)
