@@ -1,4 +1,9 @@
-"""The main job with embedded defaults: a locally built tiny stand-in, skimage's astronaut, a face pack."""
+"""The main job on embedded defaults: a locally built tiny stand-in, exported, then run by the runtime.
+
+Defaults: skimage's astronaut photo as the face; the shared 128-d test face pack when present, else
+antelopev2 (insightface fetches it when online); a tiny random-weight stand-in built and exported once into
+the cache folder. Every default is described in plain words in the command's output.
+"""
 
 from __future__ import annotations
 
@@ -23,26 +28,35 @@ def demo_face() -> tuple[np.ndarray, str]:
     return data.astronaut(), "skimage.data.astronaut() (NASA photo of Eileen Collins, public domain)"
 
 
-def demo_inputs(face_models: Path | None, work: Path | None) -> dict:
-    """Resolve (and build when missing) everything the demo uses, with a plain description of each."""
+def demo_package(embedding_dim: int, work: Path, log) -> Path:
+    """The tiny stand-in for this embedding width, exported to a package; both built once and kept."""
+    from .package import ExportRequest, export_package
     from .standin import build_standin
 
+    standin, package = work / f"standin-tiny-{embedding_dim}", work / f"package-tiny-{embedding_dim}"
+    if not standin.exists():
+        log(f"building a tiny random-weight stand-in in {standin}")
+        build_standin(standin, "tiny", seed=0, embedding_dim=embedding_dim)
+    if not package.exists():
+        log(f"exporting it to ONNX and OpenVINO in {package}")
+        export_package(ExportRequest(standin, package), log=lambda line: None)
+    return package
+
+
+def demo_inputs(face_models: Path | None, work: Path | None, log) -> dict:
     if face_models is None:
         face_models, pack_text = default_face_pack()
     else:
         pack_text = f"the face pack at {face_models}"
     analyzer = FaceAnalyzer(face_models)
-    work = work or cache_dir()
-    standin = work / f"standin-tiny-{analyzer.embedding_dim}"
-    if not standin.exists():
-        build_standin(standin, "tiny", seed=0, embedding_dim=analyzer.embedding_dim)
+    package = demo_package(analyzer.embedding_dim, work or cache_dir(), log)
     face_rgb, face_text = demo_face()
     return {
-        "analyzer": analyzer,
-        "standin": standin,
+        "face_models": face_models,
+        "package": package,
         "face_rgb": face_rgb,
         "described": {
-            "weights": f"RANDOM-WEIGHT tiny stand-in at {standin} (not a real model: expect noise, not a portrait)",
+            "weights": f"RANDOM-WEIGHT tiny stand-in, exported to {package} (not a real model: expect noise)",
             "face photo": face_text,
             "face pack": pack_text,
         },

@@ -15,7 +15,7 @@ import click
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
         "instantid_edge.export.cli:demo",
-        "Run the whole pipeline once on embedded defaults (a tiny random-weight stand-in).",
+        "Run the main job once on embedded defaults: a tiny random-weight stand-in, exported, then generated.",
     ),
     "standin": (
         "instantid_edge.export.cli:standin",
