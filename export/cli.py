@@ -31,8 +31,9 @@ PRESET_CHOICE = click.Choice(["tiny", "small", "full"])
     "and tokenizer_2/). Default: ../shared/assets/configs/sdxl-base when present.",
 )
 @click.option("--dtype", type=click.Choice(["fp16", "fp32"]), help="Weight storage (default: fp16 for full).")
+@click.option("--single-file", is_flag=True, help="Write the SDXL base as one original-layout sdxl.safetensors.")
 @click.option("--describe", is_flag=True, help="Print parameter counts as JSON (meta device, no weights).")
-def standin(preset, out, seed, embedding_dim, tokenizer, dtype, describe):
+def standin(preset, out, seed, embedding_dim, tokenizer, dtype, single_file, describe):
     """Write a random-weight stand-in of InstantID in the real on-disk layout.
 
     \b
@@ -51,7 +52,7 @@ def standin(preset, out, seed, embedding_dim, tokenizer, dtype, describe):
     import torch
 
     torch_dtype = {"fp16": torch.float16, "fp32": torch.float32, None: None}[dtype]
-    report = build_standin(out, preset, seed, embedding_dim, tokenizer, torch_dtype)
+    report = build_standin(out, preset, seed, embedding_dim, tokenizer, torch_dtype, single_file)
     click.echo(json.dumps(report, indent=2))
     click.echo(f"Wrote a RANDOM-WEIGHT stand-in ({preset}) to {out}; it is not a real model.", err=True)
 

@@ -54,7 +54,6 @@ from .lora import LoraSpec
 from .onnx_export import export_onnx, onnx_files, remove_onnx
 from .openvino_export import convert_to_openvino
 from .reference_models import CheckpointLoader
-from .standin import default_tokenizer_source
 
 FORMATS = ("onnx", "openvino")
 BACKEND_OF = {"onnx": "onnxruntime", "openvino": "openvino"}
@@ -103,7 +102,7 @@ def _dims(loader: CheckpointLoader, request: ExportRequest) -> Dims:
 
     def text_config(which):
         if loader.paths.base_is_single_file:
-            return loader._single_file_parts[which].config
+            return loader.single_file.config(which)
         return CLIPTextConfig.from_pretrained(loader.paths.base / which)
 
     te1, te2 = text_config("text_encoder"), text_config("text_encoder_2")
@@ -209,13 +208,11 @@ def _export_graph(name: str, loader: CheckpointLoader, dims: Dims, work: Path, f
     return GraphInfo(name, "fp32", files, tuple(inputs), tuple(outputs), baked, validation)
 
 
-def _copy_tokenizers(paths: CheckpointPaths, work: Path) -> dict:
-    source = paths.base if not paths.base_is_single_file else default_tokenizer_source()
+def _copy_tokenizers(loader: CheckpointLoader, work: Path) -> dict:
     result = {}
-    for name in ("tokenizer", "tokenizer_2"):
-        target = work / name
-        shutil.copytree(source / name, target)
-        result[name] = sorted(p.name for p in target.iterdir())
+    for source in loader.tokenizer_folders():
+        shutil.copytree(source, work / source.name)
+        result[source.name] = sorted(p.name for p in (work / source.name).iterdir())
     return result
 
 
@@ -257,7 +254,7 @@ def _export(request: ExportRequest, log: Callable[[str], None]) -> None:
         np.save(work / "constants" / "uncond_image_tokens.npy", uncond)
         (work / "scheduler").mkdir()
         (work / "scheduler" / "scheduler_config.json").write_text(json.dumps(loader.scheduler_config, indent=2))
-        tokenizers = _copy_tokenizers(paths, work)
+        tokenizers = _copy_tokenizers(loader, work)
         manifest = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,

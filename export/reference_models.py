@@ -62,19 +62,25 @@ def load_ip_adapter(path: Path) -> dict:
 class CheckpointLoader:
     """Components of one checkpoint, each loaded (in `dtype`, LoRAs fused) when first asked for."""
 
-    def __init__(self, paths: CheckpointPaths, dtype: torch.dtype = torch.float32, loras: list[LoraSpec] = ()):
+    def __init__(
+        self,
+        paths: CheckpointPaths,
+        dtype: torch.dtype = torch.float32,
+        loras: list[LoraSpec] = (),
+        tokenizer_dir: Path | None = None,
+    ):
         quiet_loaders()
-        self.paths, self.dtype, self.loras = paths, dtype, list(loras)
+        self.paths, self.dtype, self.loras, self.tokenizer_dir = paths, dtype, list(loras), tokenizer_dir
 
     @functools.cached_property
-    def _single_file_parts(self) -> dict:
-        from .single_file import load_single_file_sdxl
+    def single_file(self):
+        from .single_file import SingleFileSDXL
 
-        return load_single_file_sdxl(self.paths.base, self.dtype)
+        return SingleFileSDXL(self.paths.base, self.tokenizer_dir)
 
     def _sdxl_model(self, part: str):
         if self.paths.base_is_single_file:
-            return self._single_file_parts[part]
+            return self.single_file.component(part, self.dtype)
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -88,7 +94,7 @@ class CheckpointLoader:
     @functools.cached_property
     def unet_config(self):
         if self.paths.base_is_single_file:
-            return self._single_file_parts["unet"].config
+            return self.single_file.config("unet")
         from diffusers import UNet2DConditionModel
 
         return UNet2DConditionModel.load_config(self.paths.base / "unet")
@@ -102,7 +108,7 @@ class CheckpointLoader:
     @functools.cached_property
     def scheduler_config(self) -> dict:
         if self.paths.base_is_single_file:
-            return dict(self._single_file_parts["scheduler_config"])
+            return self.single_file.scheduler_config
         return json.loads((self.paths.base / "scheduler" / "scheduler_config.json").read_text())
 
     @functools.cached_property
@@ -114,9 +120,13 @@ class CheckpointLoader:
         marker = self.paths.standin_marker
         return json.loads(marker.read_text()) if marker.is_file() else None
 
+    def tokenizer_folders(self) -> tuple[Path, Path]:
+        folder = self.single_file.tokenizer_dir if self.paths.base_is_single_file else self.paths.base
+        return folder / "tokenizer", folder / "tokenizer_2"
+
     def tokenizers(self):
         if self.paths.base_is_single_file:
-            return self._single_file_parts["tokenizer"], self._single_file_parts["tokenizer_2"]
+            return self.single_file.tokenizers()
         from transformers import CLIPTokenizer
 
         return tuple(

@@ -125,13 +125,26 @@ class RandomInit:
         return uniform / math.sqrt(fan_in)
 
 
+def released_text_encoder_key(name: str) -> str:
+    """The key a tensor has in the released SDXL text encoder files (written with transformers 4).
+
+    transformers 5 flattens CLIPTextModel (no `text_model.` level) and would save it so; it still loads
+    the released layout, which is what users have on disk.
+    """
+    return name if name.startswith(("text_model.", "text_projection.")) else f"text_model.{name}"
+
+
 def _write_model_weights(model: nn.Module, component: str, path: Path, seed: int, dtype: torch.dtype) -> int:
     init = RandomInit(seed, component, model)
-    specs = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
+    rename = released_text_encoder_key if component.startswith("text_encoder") else (lambda name: name)
+    names = {rename(name): name for name in model.state_dict()}
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     for name, tensor in model.state_dict().items():
         if not tensor.is_floating_point():
             raise RuntimeError(f"{component}: non-float tensor {name} needs an explicit value")
-    return write_safetensors(path, specs, dtype, init, metadata={"instantid_edge": "random stand-in"})
+    specs = [(key, shapes[name]) for key, name in names.items()]
+    return write_safetensors(path, specs, dtype, lambda key, shape: init(names[key], shape),
+                             metadata={"instantid_edge": "random stand-in"})  # fmt: skip
 
 
 def _copy_tokenizers(source: Path, sdxl_dir: Path) -> None:
@@ -216,8 +229,12 @@ def build_standin(
     embedding_dim: int = 512,
     tokenizer: Path | None = None,
     dtype: torch.dtype | None = None,
+    single_file: bool = False,
 ) -> dict:
-    """Write a stand-in checkpoint set to `out` (atomically); returns a report with sizes and peak RSS."""
+    """Write a stand-in checkpoint set to `out` (atomically); returns a report with sizes and peak RSS.
+
+    With `single_file`, the SDXL base is one original-layout `sdxl.safetensors` (tokenizers beside it).
+    """
     start = time.perf_counter()
     tokenizer = tokenizer or default_tokenizer_source()
     if tokenizer is None:
@@ -262,6 +279,13 @@ def build_standin(
         # The released ip-adapter.bin is an fp32 torch pickle; so is ours, whatever the other dtypes.
         torch.save(_ip_adapter_state(models, seed), work / "ip-adapter.bin")
         sizes["ip_adapter"] = (work / "ip-adapter.bin").stat().st_size
+        if single_file:
+            from .single_file import write_single_file
+
+            sizes["sdxl_single_file"] = write_single_file(sdxl, work / "sdxl.safetensors", preset, embedding_dim, dtype)
+            for name in ("tokenizer", "tokenizer_2"):
+                shutil.move(sdxl / name, work / name)
+            shutil.rmtree(sdxl)
 
         report = {
             "kind": "random-weight stand-in",
@@ -270,6 +294,7 @@ def build_standin(
             "seed": seed,
             "embedding_dim": embedding_dim,
             "dtype": str(dtype).removeprefix("torch."),
+            "sdxl_layout": "single file" if single_file else "diffusers folder",
             "created_by": f"instantid-edge {__version__}",
             "bytes": sizes,
         }

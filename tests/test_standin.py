@@ -145,6 +145,17 @@ def test_tiny_standin_loads_with_diffusers_and_keeps_the_structure(tiny_standin)
     assert json.loads((tiny_standin / "STANDIN.json").read_text())["kind"] == "random-weight stand-in"
 
 
+def test_text_encoder_files_use_the_released_key_names(tiny_standin):
+    from safetensors import safe_open
+
+    for part, extra in (("text_encoder", set()), ("text_encoder_2", {"text_projection.weight"})):
+        with safe_open(tiny_standin / "sdxl" / part / "model.safetensors", "pt") as f:
+            keys = set(f.keys())
+        assert "text_model.embeddings.token_embedding.weight" in keys
+        assert "text_model.encoder.layers.0.self_attn.q_proj.weight" in keys
+        assert {k for k in keys if not k.startswith("text_model.")} == extra, part
+
+
 def test_standin_weights_depend_on_the_seed_only(tmp_path, assets):
     from safetensors.torch import load_file
 
