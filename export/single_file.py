@@ -213,6 +213,19 @@ def _big_g_state(sgm: dict[str, torch.Tensor], hidden: int) -> dict[str, torch.T
     return state
 
 
+def _mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
+    """One line naming how a checkpoint's tensors differ from a model's (the first few of each kind)."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    reshaped = [f"{key} is {list(state[key].shape)}, expected {list(expected[key].shape)}"
+                for key in sorted(set(expected) & set(state)) if state[key].shape != expected[key].shape]  # fmt: skip
+    kinds = (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+    return "; ".join(
+        f"{len(names)} {kind} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        for kind, names in kinds
+        if names
+    )
+
+
 def _build(cls, config: dict, state: dict, dtype: torch.dtype, path: Path, part: str):
     from accelerate import init_empty_weights
 
@@ -220,13 +233,12 @@ def _build(cls, config: dict, state: dict, dtype: torch.dtype, path: Path, part:
     # ones such as CLIP's position_ids are in no checkpoint.
     with init_empty_weights(include_buffers=False):
         model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
-    expected = set(model.state_dict())
-    if not expected & set(state):  # transformers 5 flattens CLIPTextModel: no `text_model.` level
+    expected = model.state_dict()
+    if not set(expected) & set(state):  # transformers 5 flattens CLIPTextModel: no `text_model.` level
         state = {key.removeprefix("text_model."): value for key, value in state.items()}
-    try:
-        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: the {part} tensors do not match the SDXL architecture: {exc}") from exc
+    if problems := _mismatch(expected, state):  # torch's own message spans many lines, one per key
+        raise CheckpointError(f"{path}: the {part} tensors do not match the SDXL architecture: {problems}")
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     return model.eval()
 
 

@@ -109,6 +109,7 @@ def test_the_reference_and_export_accept_a_single_file_checkpoint(single, tiny_m
 
 def test_non_sdxl_and_corrupt_files_are_refused(tmp_path, single):
     import torch
+    from safetensors import safe_open
     from safetensors.torch import save_file
 
     from instantid_edge.export.single_file import SingleFileSDXL
@@ -123,15 +124,22 @@ def test_non_sdxl_and_corrupt_files_are_refused(tmp_path, single):
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="cut.safetensors"):
         SingleFileSDXL(tmp_path / "cut.safetensors").component("unet", torch.float32)
+    with safe_open(single / "sdxl.safetensors", "pt") as f:
+        state = {key: f.get_tensor(key) for key in list(f.keys()) if key != "model.diffusion_model.out.2.weight"}
+        metadata = f.metadata()
+    save_file(state, tmp_path / "gap.safetensors", metadata=metadata)
+    with pytest.raises(CheckpointError, match=r"gap.safetensors: the UNet .* 1 missing \(conv_out.weight\)$"):
+        SingleFileSDXL(tmp_path / "gap.safetensors").component("unet", torch.float32)
     assert json.loads((single / "STANDIN.json").read_text())["sdxl_layout"] == "single file"
 
 
 def test_full_size_key_mapping_round_trips_through_diffusers_converters():
     """On the full SDXL architecture (meta tensors, no memory): our SGM names convert back to every diffusers key."""
+    import torch
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     from instantid_edge.export.architecture import architecture
-    from instantid_edge.export.single_file import UNET, VAE, big_g_keys, unet_key, vae_key
+    from instantid_edge.export.single_file import BIG_G, UNET, VAE, _big_g_state, big_g_keys, unet_key, vae_key
     from instantid_edge.export.standin import meta_models
 
     arch = architecture("full")
@@ -147,6 +155,15 @@ def test_full_size_key_mapping_round_trips_through_diffusers_converters():
         back = convert(sgm, config)
         assert {k: tuple(v.shape) for k, v in back.items()} == {k: tuple(v.shape) for k, v in state.items()}
         assert all(k.startswith((UNET, VAE)) for k in sgm)
-    big_g = big_g_keys(list(models.text_encoder_2.state_dict()))
-    assert sum(len(parts) for parts in big_g.values()) == len(models.text_encoder_2.state_dict())
+    text_encoder_2 = models.text_encoder_2.state_dict()
+    big_g = big_g_keys(list(text_encoder_2))
+    assert sorted(key for parts in big_g.values() for key in parts) == sorted(text_encoder_2)  # each used once
     assert len(big_g) == 5 + 32 * 12  # embeddings (2), ln_final (2), projection, and 12 tensors per resblock
+    fused = {name: torch.cat([text_encoder_2[key] for key in parts]) for name, parts in big_g.items()}
+    fused[BIG_G + "text_projection"] = text_encoder_2["text_projection.weight"].T
+    back = _big_g_state(fused, arch.text_encoder_2["hidden_size"])
+    assert {k: tuple(v.shape) for k, v in back.items()} == {k: tuple(v.shape) for k, v in text_encoder_2.items()}
+    # CLIP-L keeps its names under a prefix. The real sd_xl_base_1.0 adds two tensors no model uses
+    # (CLIP-L position_ids, OpenCLIP logit_scale); the loader drops them.
+    sgm_count = len(models.unet.state_dict()) + len(models.vae.state_dict()) + len(models.text_encoder.state_dict())
+    assert sgm_count + len(big_g) == 2513
