@@ -69,7 +69,8 @@ def euler_schedule(config: dict, steps: int, spacing: str | None = None, karras:
     if spacing == "leading":
         timesteps = (np.arange(steps) * (n // steps)).round()[::-1].astype(np.float32) + config.get("steps_offset", 0)
     else:
-        timesteps = np.arange(n, 0, -n / steps).round().astype(np.float32) - 1
+        # [:steps]: float steps make arange return steps + 1 values for some counts (61, 103, ...) in diffusers
+        timesteps = np.arange(n, 0, -n / steps).round()[:steps].astype(np.float32) - 1
     table = ((1 - acp) / acp) ** 0.5
     sigmas = np.interp(timesteps, np.arange(n), table)
     if karras:
@@ -88,7 +89,7 @@ def dpm_schedule(config: dict, steps: int, spacing: str | None = None, karras: b
     if spacing == "leading":
         timesteps = (np.arange(steps + 1) * (n // (steps + 1))).round()[::-1][:-1] + config.get("steps_offset", 0)
     else:
-        timesteps = np.arange(n, 0, -n / steps).round() - 1
+        timesteps = np.arange(n, 0, -n / steps).round()[:steps] - 1
     table = ((1 - acp) / acp) ** 0.5
     if karras:
         sigmas = _karras(table[0], table[-1], steps)

@@ -112,6 +112,13 @@ def test_sampler_matches_diffusers_at_every_step(name, steps, spacing, karras):
         np.testing.assert_allclose(inputs[step] * scale, expected[step - 1], rtol=RTOL, atol=ATOL * scale)
 
 
+@pytest.mark.parametrize("name", ["euler", "dpmpp_2m"])
+def test_trailing_spacing_gives_exactly_the_steps_asked_for(name):
+    # diffusers' float arange returns 62 timesteps (the last -1) when asked for 61; we return 61
+    schedule = sampling.make_schedule(name, SDXL, 61, "trailing")
+    assert len(schedule.timesteps) == 61 and len(schedule.sigmas) == 62 and schedule.timesteps.min() >= 0
+
+
 def test_alphas_cumprod_is_monotonic_and_matches_the_sdxl_endpoints():
     acp = sampling.alphas_cumprod(SDXL)
     assert acp.dtype == np.float32 and acp.shape == (1000,)
