@@ -51,7 +51,8 @@ from .graphs import (
     specs,
 )
 from .lora import LoraSpec
-from .onnx_export import export_onnx, onnx_files, remove_onnx
+from .onnx_export import export_onnx
+from .onnx_files import onnx_files, remove_onnx
 from .openvino_export import convert_to_openvino
 from .reference_models import CheckpointLoader
 

@@ -33,6 +33,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "instantid_edge.runtime.cli:inspect",
         "Print a model package's manifest and verify its files.",
     ),
+    "quantize": (
+        "instantid_edge.quantize.cli:quantize",
+        "Make an int8 model package, calibrated on pipeline runs, with its fidelity measured.",
+    ),
     "reference": (
         "instantid_edge.export.cli:reference",
         "Generate a portrait with the PyTorch reference pipeline (needs torch).",

@@ -1,0 +1,62 @@
+"""int8 ONNX with onnxruntime.quantization: dynamic int8 MatMul, or static QDQ with calibration.
+
+"weights": our streaming rewrite (onnx_weights): weight MatMuls dynamic int8, convolution weights int8.
+"hybrid": convolutions static QDQ (calibrated, onnxruntime.quantization), then weight MatMuls dynamic int8.
+"full": static QDQ for convolutions and weight MatMuls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from ..export.onnx_files import consolidate_external_data
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over recorded feeds."""
+
+    def __init__(self, samples: list[dict]):
+        self._samples = iter(samples)
+
+    def get_next(self):
+        return next(self._samples, None)
+
+    def rewind(self):  # pragma: no cover - only some calibrators call it
+        pass
+
+
+def _excluded(model_path: Path, patterns: list[str]) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [node.name for node in graph.node if any(re.fullmatch(p, node.name) for p in patterns)]
+
+
+def quantize_onnx(source: Path, target: Path, action: str, samples: list[dict], keep_float: list[str]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from .onnx_weights import quantize_weights
+
+    if action == "weights":
+        quantize_weights(source, target, keep_float)
+        return
+    exclude = _excluded(source, keep_float)
+    # onnxruntime.quantization prints every node it visits to stdout
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quant-") as scratch, open(os.devnull, "w") as sink, \
+            contextlib.redirect_stdout(sink):  # fmt: skip
+        static_out = Path(scratch) / "static.onnx"
+        quantize_static(
+            str(source), str(static_out), _Reader(samples),
+            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv"] if action == "hybrid" else ["Conv", "MatMul"],
+            per_channel=True, nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
+            use_external_data_format=True, extra_options={"MatMulConstBOnly": True},
+        )  # fmt: skip
+        if action == "hybrid":
+            quantize_weights(static_out, target, keep_float)
+        else:
+            consolidate_external_data(static_out, target)

@@ -1,0 +1,37 @@
+"""int8 OpenVINO IR with NNCF: weight compression, hybrid, or full post-training quantization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def quantize_openvino(
+    source_xml: Path, target_xml: Path, action: str, samples: list[dict], keep_float: list[str]
+) -> None:
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    model = ov.Core().read_model(str(source_xml))
+    keep = nncf.IgnoredScope(patterns=keep_float, validate=False) if keep_float else None
+    no_smooth_quant = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)
+    )
+    if action == "weights":
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=keep)
+    elif action == "hybrid":
+        # Convolutions: int8 weights and calibrated activations. Then MatMul/Gather weights: int8, compute float.
+        # (Activations of the attention and feed-forward MatMuls are as large as their weights.)
+        skip = nncf.IgnoredScope(types=["MatMul", "Gather"], patterns=keep_float, validate=False)
+        model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), ignored_scope=skip,
+                              model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=no_smooth_quant)  # fmt: skip
+        model = nncf.compress_weights(
+            model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+            ignored_scope=nncf.IgnoredScope(types=["Convolution"], patterns=keep_float, validate=False),
+        )  # fmt: skip
+    elif action == "full":
+        model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), ignored_scope=keep,
+                              model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=no_smooth_quant)  # fmt: skip
+    else:
+        raise ValueError(action)
+    ov.save_model(model, str(target_xml), compress_to_fp16=False)

@@ -1,0 +1,200 @@
+"""`quantize`: a model package -> a new int8 package, calibrated on real pipeline runs, fidelity recorded.
+
+Calibration and held-out inputs are captured by running the runtime pipeline (no torch) on face photos and
+prompts. Untouched files are hard-linked from the source package (copied across filesystems); quantized
+graphs are written fresh, never through a link. The new package is renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..runtime.errors import ConfigError
+from ..runtime.manifest import MANIFEST, GraphInfo, file_entry, read_manifest, sha256_of
+from ..runtime.memory import PeakMemory
+from ..runtime.pipeline import InstantIDPipeline
+from ..runtime.session import SessionOptions, open_session
+from ..runtime.settings import GenerationSettings
+from .calibrate import Recording, calibration_faces, calibration_prompts, record
+from .fidelity import end_to_end, graph_fidelity
+from .policy import KEEP_FLOAT, policy_for
+
+BACKEND_OF = {"onnx": "onnxruntime", "openvino": "openvino"}
+
+
+@dataclass(frozen=True)
+class QuantizeRequest:
+    package: Path
+    out: Path
+    method: str = "hybrid"
+    graphs: tuple[str, ...] | None = None
+    calibration_faces: Path | None = None
+    calibration_prompts: Path | None = None
+    samples: int = 16  # calibration inputs per calibrated graph
+    face_models: Path | None = None
+    calibration_size: int = 512  # pixels, square, for packages with dynamic shapes
+    steps: int = 4  # denoising steps per calibration image
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    for path in sorted(source.rglob("*")):
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+        elif path.name != MANIFEST:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, destination)
+            except OSError:
+                shutil.copy2(path, destination)
+
+
+def _calibration_jobs(faces, prompts, request: QuantizeRequest, size: tuple[int, int]):
+    images = max(1, math.ceil(request.samples / request.steps))
+    settings = GenerationSettings(prompt="", steps=request.steps, guidance=5.0, width=size[0], height=size[1])
+    calibration = [(faces[i % len(faces)][1], replace(settings, prompt=prompts[i % len(prompts)], seed=i))
+                   for i in range(images)]  # fmt: skip
+    held_out = (faces[-1][1], replace(settings, prompt=prompts[-1], seed=10_000))
+    return calibration, held_out
+
+
+def _quiet_tools() -> None:
+    """NNCF's progress tables and onnxruntime's per-node listings would bury the command's own output."""
+    import logging
+
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+
+
+def _quantize_graph(name, action, graph: GraphInfo, source: Path, work: Path, samples, log) -> GraphInfo:
+    from .onnx_int8 import quantize_onnx
+    from .openvino_int8 import quantize_openvino
+
+    _quiet_tools()
+    keep = KEEP_FLOAT.get(name, [])
+    files = {}
+    for fmt, entries in graph.files.items():
+        for entry in entries:  # drop the links to the fp32 files before writing new ones
+            (work / entry["path"]).unlink()
+        clock = time.perf_counter()
+        if fmt == "onnx":
+            target = work / name / "model.onnx"
+            quantize_onnx(source / entries[0]["path"], target, action, samples, keep)
+            written = [target] + (
+                [target.with_name("model.onnx.data")] if target.with_name("model.onnx.data").exists() else []
+            )
+        else:
+            target = work / name / "openvino_model.xml"
+            quantize_openvino(source / entries[0]["path"], target, action, samples, keep)
+            written = [target, target.with_suffix(".bin")]
+        files[fmt] = [file_entry(work, p) for p in written]
+        log(f"{name}: {fmt} {action} int8 in {time.perf_counter() - clock:.1f} s")
+    quantization = {
+        "action": action,
+        "keep_float": keep,
+        "calibration_samples": len(samples) if action != "weights" else 0,
+        "tools": {"onnx": "onnxruntime.quantization", "openvino": "nncf"},
+    }
+    return replace(
+        graph, precision="int8" if action != "fp32" else graph.precision, files=files, quantization=quantization
+    )
+
+
+def quantize_package(request: QuantizeRequest, log: Callable[[str], None] = print) -> dict:
+    with PeakMemory() as peak:
+        report = _quantize(request, log)
+    report["memory"] = peak.to_dict()
+    log(f"int8 package written to {request.out}; {peak}")
+    return report
+
+
+def _quantize(request: QuantizeRequest, log) -> dict:
+    start = time.perf_counter()
+    manifest = read_manifest(request.package)
+    if request.out.exists() and (not request.out.is_dir() or any(request.out.iterdir())):
+        raise ConfigError(f"{request.out} already exists and is not an empty folder; choose a new --out")
+    if request.samples < 1:
+        raise ConfigError(f"--samples must be at least 1, got {request.samples}")
+    policy = policy_for(request.method, list(request.graphs) if request.graphs else None, list(manifest.graphs))
+    faces, prompts = calibration_faces(request.calibration_faces), calibration_prompts(request.calibration_prompts)
+    shapes = manifest.data["shapes"]
+    size = (shapes["width"], shapes["height"]) if shapes["height"] else (request.calibration_size,) * 2
+    calibration_jobs, held_out_job = _calibration_jobs(faces, prompts, request, size)
+
+    backend = "onnxruntime" if "onnx" in manifest.formats else "openvino"
+    pipe = InstantIDPipeline.load(request.package, backend=backend, face_models=request.face_models)
+    calibration, held_out = Recording(), Recording()
+    clock = time.perf_counter()
+    if any(action in ("hybrid", "full") for action in policy.values()):
+        record(pipe, calibration, calibration_jobs)
+    record(pipe, held_out, [held_out_job])
+    log(f"calibration: {len(calibration_jobs)} image(s) at {size[0]}x{size[1]}, {request.steps} steps, "
+        f"in {time.perf_counter() - clock:.1f} s")  # fmt: skip
+
+    request.out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{request.out.name}.", suffix=".partial", dir=request.out.parent))
+    try:
+        _link_tree(request.package, work)
+        graphs, fidelity = dict(manifest.graphs), {}
+        for name, action in policy.items():
+            if action == "fp32":
+                continue
+            samples = calibration.feeds.get(name, [])[: request.samples]
+            graphs[name] = _quantize_graph(name, action, manifest.graphs[name], request.package, work, samples, log)
+            fidelity[name] = {}
+            for fmt in graphs[name].files:
+                options = SessionOptions(backend=BACKEND_OF[fmt])
+                fidelity[name][BACKEND_OF[fmt]] = graph_fidelity(
+                    open_session(manifest.graphs[name], request.package, options),
+                    open_session(graphs[name], work, options),
+                    held_out.feeds[name],
+                )
+        data = dict(manifest.data)
+        data["graphs"] = {name: graph.to_dict() for name, graph in graphs.items()}
+        data["quantization"] = {
+            "method": request.method,
+            "policy": policy,
+            "source_package": {"path": str(request.package), "manifest_sha256": sha256_of(request.package / MANIFEST)},
+            "calibration": {
+                "faces": [n for n, _ in faces],
+                "prompts": len(prompts),
+                "images": len(calibration_jobs),
+                "size": list(size),
+                "steps": request.steps,
+                "samples": {
+                    name: min(len(v), request.samples)
+                    for name, v in calibration.feeds.items()
+                    if policy.get(name) in ("hybrid", "full")
+                },
+            },  # fmt: skip
+            "fidelity": {"graphs": fidelity, "held_out": {"face": faces[-1][0], "prompt": prompts[-1], "seed": 10_000}},
+        }
+        data["files"] = [file_entry(work, p) for p in sorted(work.rglob("*")) if p.is_file() and p.name != MANIFEST]
+        (work / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
+        end = {}
+        face, settings = held_out_job
+        for fmt in sorted({fmt for graph in graphs.values() for fmt in graph.files}):
+            fp32 = InstantIDPipeline.load(request.package, backend=BACKEND_OF[fmt], face_models=request.face_models)
+            int8 = InstantIDPipeline.load(work, backend=BACKEND_OF[fmt], face_models=request.face_models)
+            end[BACKEND_OF[fmt]] = end_to_end(fp32(face, settings), int8(face, settings))
+        data["quantization"]["fidelity"]["end_to_end"] = end
+        (work / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
+        read_manifest(work)
+        if request.out.exists():
+            request.out.rmdir()
+        work.rename(request.out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log(f"quantized in {time.perf_counter() - start:.1f} s")
+    return data["quantization"]

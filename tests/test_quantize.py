@@ -1,0 +1,117 @@
+"""int8 packages: smaller, still running on both backends, within stated fidelity bounds of fp32."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nncf", reason="quantizing needs NNCF: pip install '.[quantize]'")
+
+from instantid_edge.quantize.fidelity import psnr  # noqa: E402
+from instantid_edge.runtime.settings import GenerationSettings  # noqa: E402
+
+# Bounds on the tiny random-weight stand-in (int8 error on real weights is smaller: random weights use the
+# whole int8 range evenly). Image PSNR against the fp32 package, same seed and settings.
+BOUNDS = {"weights": {"cosine": 0.999, "image_psnr_db": 40.0}, "hybrid": {"cosine": 0.98, "image_psnr_db": 25.0}}
+QUANTIZED = ("text_encoder", "text_encoder_2", "identitynet", "unet")
+
+
+def _quantize(tmp_path_factory, package, face_pack, method):
+    from instantid_edge.quantize.package import QuantizeRequest, quantize_package
+
+    out = tmp_path_factory.mktemp(f"int8-{method}") / "pkg"
+    request = QuantizeRequest(package, out, method=method, samples=4, calibration_size=128, face_models=face_pack)
+    quantize_package(request, log=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def weights_package(tmp_path_factory, runtime_package, face_pack):
+    return _quantize(tmp_path_factory, runtime_package, face_pack, "weights")
+
+
+@pytest.fixture(scope="module")
+def hybrid_package(tmp_path_factory, runtime_package, face_pack):
+    return _quantize(tmp_path_factory, runtime_package, face_pack, "hybrid")
+
+
+def _bytes(package, graph, fmt):
+    from instantid_edge.runtime.manifest import read_manifest
+
+    return sum(
+        f["bytes"] for f in read_manifest(package).graph(graph).files[fmt] if not f["path"].endswith((".onnx", ".xml"))
+    )
+
+
+def test_weights_method_shrinks_weight_bytes_about_4x(runtime_package, weights_package):
+    for graph in QUANTIZED:
+        for fmt in ("onnx", "openvino"):
+            ratio = _bytes(runtime_package, graph, fmt) / _bytes(weights_package, graph, fmt)
+            assert 3.3 < ratio < 4.1, (graph, fmt, ratio)
+    assert _bytes(weights_package, "vae_decoder", "onnx") == _bytes(runtime_package, "vae_decoder", "onnx")
+
+
+@pytest.mark.parametrize("method", ["weights", "hybrid"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_int8_package_runs_within_fidelity_bounds(request, runtime_package, face_pack, astronaut, method, backend):
+    from instantid_edge.runtime.images import load_rgb
+    from instantid_edge.runtime.pipeline import InstantIDPipeline
+
+    int8_package = request.getfixturevalue(f"{method}_package")
+    settings = GenerationSettings(prompt="a pencil sketch of a person", seed=3, steps=4, height=128, width=128)
+    face = load_rgb(astronaut)
+    fp32 = InstantIDPipeline.load(runtime_package, backend=backend, face_models=face_pack)(face, settings)
+    int8 = InstantIDPipeline.load(int8_package, backend=backend, face_models=face_pack)(face, settings)
+    value = psnr(fp32.images[0], int8.images[0], 255.0)
+    assert BOUNDS[method]["image_psnr_db"] < value < 99, value  # close, but really quantized
+    recorded = json.loads((int8_package / "manifest.json").read_text())["quantization"]["fidelity"]
+    for graph in QUANTIZED:
+        assert recorded["graphs"][graph][backend]["cosine"] > BOUNDS[method]["cosine"], graph
+    assert recorded["end_to_end"][backend]["image_psnr_db"] > BOUNDS[method]["image_psnr_db"]
+
+
+def test_manifest_records_method_policy_calibration_and_fidelity(hybrid_package):
+    from instantid_edge.runtime.manifest import read_manifest, verify_files
+
+    manifest = read_manifest(hybrid_package)
+    record = manifest.data["quantization"]
+    assert record["method"] == "hybrid"
+    expected = {"text_encoder": "weights", "text_encoder_2": "weights", "image_proj": "fp32", "identitynet": "hybrid",
+                "unet": "hybrid", "vae_decoder": "fp32", "vae_encoder": "fp32"}  # fmt: skip
+    assert record["policy"] == expected
+    assert record["calibration"]["samples"] == {"identitynet": 4, "unet": 4}
+    assert record["calibration"]["size"] == [128, 128]
+    assert manifest.graph("unet").precision == "int8" and manifest.graph("vae_decoder").precision == "fp32"
+    assert manifest.graph("identitynet").quantization["keep_float"]  # its first convolutions stay float
+    assert len(record["source_package"]["manifest_sha256"]) == 64
+    assert not verify_files(manifest)
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from instantid_edge.cli import cli
+
+    return CliRunner().invoke(cli, ["quantize", *map(str, args)])
+
+
+def test_bad_input_is_refused_clearly(tmp_path, runtime_package, face_pack):
+    out = tmp_path / "out"
+    result = _cli(runtime_package, "--out", out, "--graphs", "unet,bogus", "--face-models", face_pack)
+    assert result.exit_code == 1 and "unknown graph name(s) bogus" in result.output
+    result = _cli(tmp_path, "--out", out)
+    assert result.exit_code == 1 and "not a model package" in result.output
+    (tmp_path / "faces").mkdir()
+    result = _cli(runtime_package, "--out", out, "--calibration-faces", tmp_path / "faces", "--face-models", face_pack)
+    assert result.exit_code == 1 and "holds no images" in result.output
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_quantizing_does_not_touch_the_source_package(runtime_package, weights_package):
+    from instantid_edge.runtime.manifest import read_manifest, verify_files
+
+    assert not verify_files(read_manifest(runtime_package))  # hard links were never written through
+    assert "quantization" not in read_manifest(runtime_package).data
+    assert np.isfinite(np.load(weights_package / "constants" / "uncond_image_tokens.npy")).all()
