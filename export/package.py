@@ -8,9 +8,6 @@ fails the export. The package is written to a hidden folder and renamed into pla
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import importlib.metadata
 import json
 import shutil
@@ -35,7 +32,7 @@ from ..runtime.manifest import (
     read_manifest,
     sha256_of,
 )
-from ..runtime.memory import PeakMemory
+from ..runtime.memory import PeakMemory, release_memory
 from ..runtime.session import SessionOptions, open_session
 from .checkpoint import CheckpointPaths, locate_checkpoint
 from .graphs import (
@@ -154,14 +151,6 @@ def _graph_module(name: str, loader: CheckpointLoader, dims: Dims):
     vae = loader.vae()
     baked = {"scaling_factor": vae.config.scaling_factor}
     return (VaeDecoderGraph(vae) if name == "vae_decoder" else VaeEncoderGraph(vae)), baked
-
-
-def release_memory() -> None:
-    """Free what a finished phase held. glibc keeps freed heap pages after the ONNX exporter runs (3.3 GiB
-    for the full IdentityNet); malloc_trim hands them back, so the next phase does not stack on top."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _compare(reference: dict[str, np.ndarray], produced: dict[str, np.ndarray]) -> dict:

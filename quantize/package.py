@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..runtime.errors import ConfigError
 from ..runtime.manifest import MANIFEST, GraphInfo, file_entry, read_manifest, sha256_of
-from ..runtime.memory import PeakMemory
+from ..runtime.memory import PeakMemory, release_memory
 from ..runtime.pipeline import InstantIDPipeline
 from ..runtime.session import SessionOptions, open_session
 from ..runtime.settings import GenerationSettings
@@ -132,12 +132,14 @@ def _quantize(request: QuantizeRequest, log) -> dict:
     calibration_jobs, held_out_job = _calibration_jobs(faces, prompts, request, size)
 
     backend = "onnxruntime" if "onnx" in manifest.formats else "openvino"
-    pipe = InstantIDPipeline.load(request.package, backend=backend, face_models=request.face_models)
+    pipe = InstantIDPipeline.load(request.package, backend=backend, face_models=request.face_models, low_memory=True)
     calibration, held_out = Recording(), Recording()
     clock = time.perf_counter()
     if any(action in ("hybrid", "full") for action in policy.values()):
         record(pipe, calibration, calibration_jobs)
     record(pipe, held_out, [held_out_job])
+    del pipe  # every session closed before the quantizers load their graphs
+    release_memory()
     log(f"calibration: {len(calibration_jobs)} image(s) at {size[0]}x{size[1]}, {request.steps} steps, "
         f"in {time.perf_counter() - clock:.1f} s")  # fmt: skip
 
@@ -159,6 +161,7 @@ def _quantize(request: QuantizeRequest, log) -> dict:
                     open_session(graphs[name], work, options),
                     held_out.feeds[name],
                 )
+                release_memory()
         data = dict(manifest.data)
         data["graphs"] = {name: graph.to_dict() for name, graph in graphs.items()}
         data["quantization"] = {
@@ -184,9 +187,13 @@ def _quantize(request: QuantizeRequest, log) -> dict:
         end = {}
         face, settings = held_out_job
         for fmt in sorted({fmt for graph in graphs.values() for fmt in graph.files}):
-            fp32 = InstantIDPipeline.load(request.package, backend=BACKEND_OF[fmt], face_models=request.face_models)
-            int8 = InstantIDPipeline.load(work, backend=BACKEND_OF[fmt], face_models=request.face_models)
-            end[BACKEND_OF[fmt]] = end_to_end(fp32(face, settings), int8(face, settings))
+            results = []
+            for source in (request.package, work):  # one after the other: never two full pipelines in memory
+                pipe = InstantIDPipeline.load(source, BACKEND_OF[fmt], face_models=request.face_models, low_memory=True)
+                results.append(pipe(face, settings))
+                del pipe
+                release_memory()
+            end[BACKEND_OF[fmt]] = end_to_end(*results)
         data["quantization"]["fidelity"]["end_to_end"] = end
         (work / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
         read_manifest(work)

@@ -70,8 +70,9 @@ def timing_table(timings: dict, wall: float) -> str:
     show_default=True,
     help="OpenVINO inference precision (bf16 only where the CPU has it).",
 )
+@click.option("--low-memory", is_flag=True, help="Close each graph once its stage is done (peak: UNet + IdentityNet).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and timings as JSON.")
-def generate(package_dir, pose, backend, threads, cache_dir, precision, as_json, **options):
+def generate(package_dir, pose, backend, threads, cache_dir, precision, low_memory, as_json, **options):
     """Generate an identity-preserving portrait from a face photo and a prompt, without PyTorch.
 
     \b
@@ -89,7 +90,7 @@ def generate(package_dir, pose, backend, threads, cache_dir, precision, as_json,
     face_rgb = load_rgb(inputs.face)  # cheap checks first: bad photos fail before models load
     pose_rgb = load_rgb(pose) if pose else None
     noise = inputs.load_latents()
-    pipe = InstantIDPipeline.load(package_dir, backend, threads, inputs.face_models, cache_dir, precision)
+    pipe = InstantIDPipeline.load(package_dir, backend, threads, inputs.face_models, cache_dir, precision, low_memory)
     if pipe.package.standin:
         click.echo(f"Weights: RANDOM stand-in ({pipe.package.standin['preset']}): not a real model", err=True)
     load_seconds = time.perf_counter() - start

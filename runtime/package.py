@@ -54,6 +54,14 @@ class ModelPackage:
             self._sessions[name] = open_session(self.manifest.graph(name), self.root, self.options)
         return self._sessions[name]
 
+    def release(self, *names: str) -> None:
+        """Close sessions (they reopen on next use): a low-memory run holds only what the current stage needs."""
+        from .memory import release_memory
+
+        for name in names:
+            self._sessions.pop(name, None)
+        release_memory()
+
     def tokenizer_folder(self, name: str) -> Path:
         return self.root / name
 

@@ -38,8 +38,11 @@ class GenerationResult:
 
 
 class InstantIDPipeline:
-    def __init__(self, package: ModelPackage, analyzer: FaceAnalyzer):
-        self.package, self.analyzer = package, analyzer
+    def __init__(self, package: ModelPackage, analyzer: FaceAnalyzer, low_memory: bool = False):
+        """`low_memory` closes each graph's session once its stage is done (text encoders, image adapter after
+        conditioning; the VAE after decoding): the peak is then the denoiser's two graphs, at the cost of
+        reopening sessions on the next call."""
+        self.package, self.analyzer, self.low_memory = package, analyzer, low_memory
         self.text = TextEncoder(package)
         expected = package.architecture["embedding_dim"]
         if analyzer.embedding_dim != expected:
@@ -57,9 +60,10 @@ class InstantIDPipeline:
         face_models: str | Path | None = None,
         cache_dir: Path | None = None,
         precision_hint: str = "f32",
+        low_memory: bool = False,
     ) -> InstantIDPipeline:
         options = SessionOptions(backend, threads, cache_dir or default_cache_dir(), precision_hint)
-        return cls(ModelPackage(package, options), FaceAnalyzer(face_models))
+        return cls(ModelPackage(package, options), FaceAnalyzer(face_models), low_memory)
 
     def _noise(self, settings: GenerationSettings, given: np.ndarray | None, height: int, width: int) -> np.ndarray:
         expected = (settings.num_images, 4, height // 8, width // 8)
@@ -112,6 +116,8 @@ class InstantIDPipeline:
             time_ids=np.array([time_ids(height, width)] * batch, np.float32),
             control=control,
         )
+        if self.low_memory:
+            self.package.release("text_encoder", "text_encoder_2", "image_proj")
         denoiser = make_denoiser(self.package, conditioning, settings, timer)
 
         latents, images = [], []
@@ -129,7 +135,11 @@ class InstantIDPipeline:
             final = sample(settings, self.package.scheduler_config, denoiser, noise[index : index + 1], rng, step_done)
             timer.seconds["denoise"] += time.perf_counter() - start
             latents.append(final)
+            if self.low_memory:
+                self.package.release("identitynet", "unet")
             images.append(timer.run("decode", decode, self.package, final))
+            if self.low_memory:
+                self.package.release("vae_decoder")
         timings = {name: round(seconds, 4) for name, seconds in timer.seconds.items()}
         timings["calls"] = dict(timer.calls)
         return GenerationResult(images, np.concatenate(latents), cond, settings, timings)
