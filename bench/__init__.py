@@ -1,1 +1,1 @@
-"""bench (arrives with its issue)."""
+"""Benchmarks: per-stage latency, memory and throughput of every backend and precision, beside PyTorch."""

@@ -81,17 +81,17 @@ class InstantIDPipeline:
             raise ConfigError("given latents contain NaN or infinite values")
         return given
 
-    def __call__(
+    def prepare(
         self,
         face_rgb: np.ndarray,
         settings: GenerationSettings,
         pose_rgb: np.ndarray | None = None,
         noise: np.ndarray | None = None,
-        progress=None,
-    ) -> GenerationResult:
-        """`noise` replaces the seed rule (unit noise, [N, 4, H/8, W/8]); `progress(done, total)` per step."""
+        timer: StageTimer | None = None,
+    ) -> tuple[GenerationSettings, FaceConditioning, Conditioning, np.ndarray]:
+        """Everything before the loop: resolved settings, face conditioning, the denoiser's inputs, unit noise."""
         settings.validate()
-        timer = StageTimer()
+        timer = timer or StageTimer()
         canvas = pose_rgb if pose_rgb is not None else face_rgb
         photo_size = official_size(canvas.shape[1], canvas.shape[0])[1]
         width, height = self.package.output_size(settings.width, settings.height, photo_size)
@@ -118,6 +118,19 @@ class InstantIDPipeline:
         )
         if self.low_memory:
             self.package.release("text_encoder", "text_encoder_2", "image_proj")
+        return settings, cond, conditioning, noise
+
+    def __call__(
+        self,
+        face_rgb: np.ndarray,
+        settings: GenerationSettings,
+        pose_rgb: np.ndarray | None = None,
+        noise: np.ndarray | None = None,
+        progress=None,
+    ) -> GenerationResult:
+        """`noise` replaces the seed rule (unit noise, [N, 4, H/8, W/8]); `progress(done, total)` per step."""
+        timer = StageTimer()
+        settings, cond, conditioning, noise = self.prepare(face_rgb, settings, pose_rgb, noise, timer)
         denoiser = make_denoiser(self.package, conditioning, settings, timer)
 
         latents, images = [], []

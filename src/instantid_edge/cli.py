@@ -13,6 +13,10 @@ import click
 
 # name -> ("module:attribute", one-line help shown by `instantid-edge --help` without importing anything)
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": (
+        "instantid_edge.bench.cli:bench",
+        "Time every stage of every backend and precision beside PyTorch; results.json, a table and a chart.",
+    ),
     "demo": (
         "instantid_edge.export.cli:demo",
         "Run the main job once on embedded defaults: a tiny random-weight stand-in, exported, then generated.",

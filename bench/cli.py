@@ -1,0 +1,54 @@
+"""The `bench` command. Imported lazily by instantid_edge.cli."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+@click.command()
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Folder for results.json/.md and chart.png."
+)
+@click.option(
+    "--preset", type=click.Choice(["tiny", "small", "full"]), help="Build (once, cached) a stand-in and packages."
+)
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Checkpoint for the PyTorch peer.")
+@click.option("--package", "packages", multiple=True, type=click.Path(path_type=Path), help="Model package(s) to time.")
+@click.option("--height", type=int, default=768, show_default=True)
+@click.option("--width", type=int, default=768, show_default=True)
+@click.option("--steps", type=int, default=4, show_default=True, help="Denoising steps of the end-to-end run.")
+@click.option("--guidance", type=float, default=5.0, show_default=True, help="> 1 means CFG (batch 2).")
+@click.option("--backends", default="torch,onnxruntime,openvino", show_default=True)
+@click.option("--precisions", default="fp32,int8", show_default=True)
+@click.option("--repeat", type=int, default=3, show_default=True, help="Steady-state runs per stage (after a warm-up).")
+@click.option("--threads", type=int, help="Threads for every backend (default: each backend's choice).")
+@click.option("--face-models", type=click.Path(path_type=Path), help="Face pack folder.")
+@click.option(
+    "--low-memory/--no-low-memory", default=None, help="Open only the current stage's graphs (default: on for full)."
+)
+@click.option("--int8-method", type=click.Choice(["weights", "hybrid", "full"]), default="weights", show_default=True)
+def bench(out, preset, checkpoint, packages, height, width, steps, guidance, backends, precisions, repeat, threads,
+          face_models, low_memory, int8_method):  # fmt: skip
+    """Time every stage of every backend and precision, beside the PyTorch reference, on this machine.
+
+    \b
+    Example (the real architecture, random weights, built once into ~/.cache/instantid-edge/bench):
+      instantid-edge bench --preset full --height 768 --width 768 --threads 2 --out bench-768
+    """
+    from .run import BenchRequest, run_bench
+
+    request = BenchRequest(out=out, preset=preset, checkpoint=checkpoint, packages=tuple(packages), width=width,
+                           height=height, steps=steps, guidance=guidance, backends=_list(backends),
+                           precisions=_list(precisions), repeat=repeat, threads=threads, face_models=face_models,
+                           low_memory=low_memory, int8_method=int8_method)  # fmt: skip
+    results = run_bench(request, log=lambda line: click.echo(line, err=True))
+    click.echo((out / "results.md").read_text())
+    failed = [r for r in results["runs"] if "error" in r]
+    if failed:
+        raise click.ClickException(f"{len(failed)} configuration(s) failed; see {out / 'results.md'}")

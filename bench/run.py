@@ -1,0 +1,210 @@
+"""`bench`: prepare the stand-in and packages (cached), run every configuration in its own process, report.
+
+With `--preset`, the stand-in, its fp32 package and an int8 package are built once into the cache folder
+(~/.cache/instantid-edge/bench), so anyone can benchmark the real architecture without downloading weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..runtime.errors import ConfigError
+from ..runtime.face_packs import default_face_pack
+from ..runtime.manifest import read_manifest
+from .report import chart, markdown
+from .stages import Config
+
+FORMAT_OF = {"onnxruntime": "onnx", "openvino": "openvino"}
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    out: Path
+    preset: str | None = None
+    checkpoint: Path | None = None
+    packages: tuple[Path, ...] = ()
+    width: int = 768
+    height: int = 768
+    steps: int = 4
+    guidance: float = 5.0
+    backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+    precisions: tuple[str, ...] = ("fp32", "int8")
+    repeat: int = 3
+    threads: int | None = None
+    face_models: Path | None = None
+    low_memory: bool | None = None  # None: on for the full preset
+    int8_method: str = "weights"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "instantid-edge" / "bench"
+
+
+def machine() -> dict:
+    flags = set()
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8"]
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
+    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(memory, 1) if memory else None,
+            "isa": [f for f in wanted if f in flags], "python": platform.python_version()}  # fmt: skip
+
+
+def _versions() -> dict:
+    import importlib.metadata
+
+    names = ["onnxruntime", "openvino", "numpy", "torch", "diffusers", "nncf", "instantid-edge"]
+    versions = {}
+    for name in names:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
+def _in_process(job: dict, threads: int | None, timeout: float = 6 * 3600) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        config, result = Path(scratch) / "config.json", Path(scratch) / "result.json"
+        config.write_text(json.dumps(job))
+        env = dict(os.environ)
+        if threads:
+            env.update({"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)})
+        done = subprocess.run([sys.executable, "-m", "instantid_edge.bench.worker", str(config), str(result)],
+                              env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        if done.returncode != 0 or not result.exists():
+            reason = (
+                "killed (out of memory?)" if done.returncode < 0 else (done.stderr.strip().splitlines() or ["?"])[-1]
+            )
+            return {"error": f"exit code {done.returncode}: {reason}"}
+        return json.loads(result.read_text())
+
+
+def prepare(request: BenchRequest, log) -> tuple[Path | None, dict[str, Path], Path]:
+    """(checkpoint, {precision: package}, face pack), building cached stand-in and packages for a preset."""
+    face_models = request.face_models or default_face_pack()[0]
+    packages = {}
+    for path in request.packages:
+        manifest = read_manifest(path)
+        packages["int8" if "quantization" in manifest.data else "fp32"] = Path(path)
+    checkpoint = request.checkpoint
+    if request.preset:
+        from ..runtime.face import FaceAnalyzer
+
+        dim = FaceAnalyzer(face_models).embedding_dim
+        root = cache_dir() / f"{request.preset}-{dim}"
+        checkpoint = checkpoint or root / "standin"
+        if not checkpoint.exists():
+            from ..export.standin import build_standin
+
+            log(f"building the {request.preset} stand-in in {checkpoint} (once)")
+            build_standin(checkpoint, request.preset, embedding_dim=dim)
+        if "fp32" not in packages:
+            packages["fp32"] = root / "package-fp32"
+            if not packages["fp32"].exists():
+                from ..export.package import ExportRequest, export_package
+
+                log(f"exporting it to {packages['fp32']} (once)")
+                export_package(ExportRequest(checkpoint, packages["fp32"]), log=log)
+        if "int8" in request.precisions and "int8" not in packages:
+            packages["int8"] = root / f"package-int8-{request.int8_method}"
+            if not packages["int8"].exists():
+                from ..quantize.package import QuantizeRequest, quantize_package
+
+                log(f"quantizing it ({request.int8_method}) to {packages['int8']} (once)")
+                quantize = QuantizeRequest(packages["fp32"], packages["int8"], method=request.int8_method,
+                                           face_models=face_models, calibration_size=request.width)  # fmt: skip
+                quantize_package(quantize, log=log)
+    return checkpoint, packages, Path(face_models)
+
+
+def _flops(package: Path, graph: str, width: int, height: int, batch: int) -> int:
+    from .flops import graph_flops
+
+    manifest = read_manifest(package)
+    info = manifest.graph(graph)
+    sizes = {"batch": batch if graph in ("identitynet", "unet") else 1, "height": height, "width": width}
+    h, w = height // 8, width // 8
+    for stride in (1, 2, 4):
+        suffix = "" if stride == 1 else f"_{stride}"
+        sizes[f"latent_height{suffix}"], sizes[f"latent_width{suffix}"] = h, w
+        h, w = -(-h // 2), -(-w // 2)
+    shapes = {s.name: tuple(sizes[d] if isinstance(d, str) else d for d in s.shape) for s in info.inputs}
+    return graph_flops(info.path(manifest.root, "onnx"), shapes)
+
+
+def run_bench(request: BenchRequest, log=print) -> dict:
+    if request.width % 8 or request.height % 8:
+        raise ConfigError("--width/--height must be multiples of 8")
+    unknown = set(request.backends) - {"torch", "onnxruntime", "openvino"}
+    if unknown:
+        raise ConfigError(f"unknown backend(s) {sorted(unknown)}; choose from torch, onnxruntime, openvino")
+    checkpoint, packages, face_models = prepare(request, log)
+    low_memory = request.low_memory if request.low_memory is not None else request.preset == "full"
+    base = {
+        "width": request.width, "height": request.height, "steps": request.steps, "guidance": request.guidance,
+        "repeat": request.repeat, "threads": request.threads, "face_models": str(face_models), "low_memory": low_memory,
+    }  # fmt: skip
+    configs = []
+    if "torch" in request.backends:
+        if checkpoint is None:
+            raise ConfigError("the PyTorch peer needs --checkpoint (or --preset)")
+        configs.append(Config(name="torch fp32", backend="torch", precision="fp32", checkpoint=str(checkpoint), **base))
+    for backend in (b for b in request.backends if b != "torch"):
+        for precision in request.precisions:
+            if precision in packages:
+                cache = str(cache_dir() / "openvino-cache")
+                configs.append(Config(name=f"{backend} {precision}", backend=backend, precision=precision,
+                                      package=str(packages[precision]), cache_dir=cache, **base))  # fmt: skip
+    results = {"request": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()},
+               "machine": machine(), "versions": _versions(), "runs": []}  # fmt: skip
+    results["request"]["low_memory"] = low_memory
+    results["machine"]["gemm_gflops"] = _in_process({"kind": "gemm"}, request.threads).get("gemm_gflops", 0.0)
+    log(f"GEMM peak: {results['machine']['gemm_gflops']:.0f} GFLOP/s")
+    batch = 2 if request.guidance > 1 else 1
+    fp32 = packages.get("fp32")
+    flops = (
+        {g: _flops(fp32, g, request.width, request.height, batch) for g in ("identitynet", "unet", "vae_decoder")}
+        if fp32
+        else {}
+    )
+    for config in configs:
+        clock = time.perf_counter()
+        result = _in_process(asdict(config), request.threads)
+        result.setdefault("config", asdict(config))
+        if fp32:
+            result["flops"] = {
+                "identitynet": flops["identitynet"],
+                "unet": flops["unet"],
+                "decode": flops["vae_decoder"],
+            }
+        if config.package:
+            manifest = read_manifest(config.package)
+            fmt = FORMAT_OF[config.backend]
+            result["disk_gib"] = sum(f["bytes"] for g in manifest.graphs.values() for f in g.files.get(fmt, [])) / 2**30
+        elif config.checkpoint:
+            result["disk_gib"] = (
+                sum(p.stat().st_size for p in Path(config.checkpoint).rglob("*") if p.is_file()) / 2**30
+            )
+        results["runs"].append(result)
+        outcome = f"failed: {result['error']}" if "error" in result else "done"
+        log(f"{config.name}: {outcome} in {time.perf_counter() - clock:.0f} s")
+    request.out.mkdir(parents=True, exist_ok=True)
+    (request.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (request.out / "results.md").write_text(markdown(results))
+    chart(results, request.out / "chart.png")
+    return results

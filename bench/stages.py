@@ -1,0 +1,228 @@
+"""Time every stage of one configuration on its own: runtime (ONNX Runtime / OpenVINO) or the PyTorch peer.
+
+Load (and OpenVINO compilation, which happens on a graph's first run at a shape) is reported apart from
+steady state: each stage runs once to warm up, then `repeat` times. In low-memory mode only the graphs of
+the stage being timed are open, which is how the full-size architecture fits in 24 GiB; the end-to-end run
+then reopens sessions as it goes (OpenVINO from its compiled-model cache).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from ..runtime.memory import PeakMemory, release_memory
+from ..runtime.settings import GenerationSettings
+
+PROMPT = "a portrait photo of a person, studio lighting, detailed"
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    backend: str  # torch, onnxruntime, openvino
+    precision: str  # fp32, int8
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    repeat: int
+    threads: int | None
+    face_models: str
+    package: str | None = None
+    checkpoint: str | None = None
+    low_memory: bool = False
+    cache_dir: str | None = None
+
+    def settings(self) -> GenerationSettings:
+        return GenerationSettings(prompt=PROMPT, steps=self.steps, guidance=self.guidance, width=self.width,
+                                  height=self.height, seed=0)  # fmt: skip
+
+
+def _timed(function, repeat: int) -> dict:
+    function()  # warm-up: first-run costs (compilation, allocation) are load, not steady state
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "runs": len(times)}
+
+
+def _face():
+    from skimage import data
+
+    return data.astronaut()
+
+
+def time_runtime(config: Config) -> dict:
+    import numpy as np
+
+    from ..runtime.decode import decode
+    from ..runtime.denoise import StageTimer, make_denoiser
+    from ..runtime.face import face_conditioning
+    from ..runtime.pipeline import InstantIDPipeline
+
+    stages, face_rgb = {}, _face()
+    with PeakMemory() as peak:
+        start = time.perf_counter()
+        cache = Path(config.cache_dir) if config.cache_dir else None
+        pipe = InstantIDPipeline.load(config.package, config.backend, config.threads, config.face_models, cache,
+                                      low_memory=config.low_memory)  # fmt: skip
+        settings, _, conditioning, noise = pipe.prepare(face_rgb, config.settings())
+        load_seconds = time.perf_counter() - start
+        package = pipe.package
+        stages["face"] = _timed(
+            lambda: face_conditioning(pipe.analyzer, face_rgb, settings.width, settings.height), config.repeat
+        )
+
+        def text():
+            pipe.text._cache.clear()
+            pipe.text.conditioning(settings.prompt, settings.negative_prompt, settings.cfg)
+
+        stages["text"] = _timed(text, config.repeat)
+        embedding = {"image_embeds": np.zeros((1, 1, package.architecture["embedding_dim"]), np.float32)}
+        stages["image_proj"] = _timed(lambda: package.session("image_proj").run(embedding), config.repeat)
+        if config.low_memory:
+            package.release("text_encoder", "text_encoder_2", "image_proj")
+        timer = StageTimer()
+        denoiser = make_denoiser(package, conditioning, settings, timer)
+        x = noise[:1] * np.float32(14.6)
+        begin = time.perf_counter()
+        denoiser(x, 500.0, 0)  # OpenVINO compiles IdentityNet and the UNet for these shapes here
+        first_step = time.perf_counter() - begin
+        timer.seconds.clear()
+        timer.calls.clear()
+        stages["denoise_step"] = _timed(lambda: denoiser(x, 500.0, 0), config.repeat)
+        stages["denoise_step"]["first"] = first_step
+        stages["identitynet"] = {
+            "median": timer.seconds["identitynet"] / timer.calls["identitynet"],
+            "runs": timer.calls["identitynet"],
+        }
+        stages["unet"] = {"median": timer.seconds["unet"] / timer.calls["unet"], "runs": timer.calls["unet"]}
+        if config.low_memory:
+            package.release("identitynet", "unet")
+        stages["decode"] = _timed(lambda: decode(package, x), config.repeat)
+        if config.low_memory:
+            package.release("vae_decoder")
+        end_to_end = []
+        for _ in range(max(1, config.repeat // 2)):
+            pipe.text._cache.clear()
+            begin = time.perf_counter()
+            pipe(face_rgb, settings)
+            end_to_end.append(time.perf_counter() - begin)
+        stages["end_to_end"] = {"median": statistics.median(end_to_end), "min": min(end_to_end), "max": max(end_to_end),
+                                "runs": len(end_to_end), "kind": "one run of generate"}  # fmt: skip
+    return {"config": asdict(config), "load_seconds": load_seconds, "stages": stages, "memory": peak.to_dict(),
+            "batch": 2 if settings.cfg else 1}  # fmt: skip
+
+
+def _loaded(loads: dict, name: str, load):
+    start = time.perf_counter()
+    result = load()
+    loads[name] = time.perf_counter() - start
+    return result
+
+
+def _torch_conditioning(loader, analyzer, settings, face_rgb, repeat, stages, loads):
+    """Face, image tokens and text, timed; returns the denoiser's inputs (text encoders freed on return)."""
+    import torch
+
+    from ..export.reference import encode_text
+    from ..runtime.face import face_conditioning
+
+    stages["face"] = _timed(lambda: face_conditioning(analyzer, face_rgb, settings.width, settings.height), repeat)
+    cond = face_conditioning(analyzer, face_rgb, settings.width, settings.height)
+    resampler = _loaded(loads, "image_proj", loader.resampler)
+    embedding = torch.from_numpy(cond.face.embedding).reshape(1, 1, -1)
+    stages["image_proj"] = _timed(lambda: resampler(embedding), repeat)
+    tokens = torch.cat([resampler(torch.zeros_like(embedding)), resampler(embedding)])
+    models = type("TextModels", (), {})()
+    models.tokenizer, models.tokenizer_2 = loader.tokenizers()
+    models.text_encoder, models.text_encoder_2 = (
+        loader.text_encoder("text_encoder"),
+        loader.text_encoder("text_encoder_2"),
+    )
+    prompts = [settings.prompt, ""] if settings.cfg else [settings.prompt]
+    stages["text"] = _timed(lambda: [encode_text(models, prompt) for prompt in prompts], repeat)
+    text, pooled = encode_text(models, settings.prompt)
+    return cond, tokens, text, pooled
+
+
+def _torch_denoiser(loader, settings, cond, tokens, text, pooled, repeat, stages, loads) -> None:
+    import torch
+
+    from ..runtime.settings import time_ids
+
+    batch = 2 if settings.cfg else 1
+    identitynet = _loaded(loads, "identitynet", loader.identitynet)
+    unet, scale = _loaded(loads, "unet", lambda: loader.unet(tokens.shape[1]))
+    tokens, text, pooled = tokens[-batch:], text.repeat(batch, 1, 1), pooled.repeat(batch, 1)
+    added = {"text_embeds": pooled, "time_ids": torch.tensor([time_ids(settings.height, settings.width)] * batch)}
+    control = torch.tensor(cond.control).permute(2, 0, 1)[None].float().div(255).repeat(batch, 1, 1, 1)
+    x, t = torch.randn(batch, 4, settings.height // 8, settings.width // 8), torch.tensor(500.0)
+    scale.value = settings.ip_scale
+    context = torch.cat([text, tokens], dim=1)
+
+    def run_identitynet():
+        return identitynet(x, t, encoder_hidden_states=tokens, controlnet_cond=control, conditioning_scale=0.8,
+                           added_cond_kwargs=added, return_dict=False)  # fmt: skip
+
+    down, mid = run_identitynet()
+
+    def run_unet():
+        return unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False,
+                    down_block_additional_residuals=down, mid_block_additional_residual=mid)  # fmt: skip
+
+    stages["identitynet"] = _timed(run_identitynet, repeat)
+    stages["unet"] = _timed(run_unet, repeat)
+    stages["denoise_step"] = {"median": stages["identitynet"]["median"] + stages["unet"]["median"], "kind": "sum"}
+
+
+def _torch_decode(loader, settings, repeat, stages, loads) -> None:
+    import torch
+
+    vae = _loaded(loads, "vae_decoder", loader.vae)
+    latents = torch.randn(1, 4, settings.height // 8, settings.width // 8)
+    stages["decode"] = _timed(lambda: vae.decode(latents / vae.config.scaling_factor), repeat)
+
+
+def time_torch(config: Config) -> dict:
+    """The PyTorch reference, stage by stage; components are loaded for their stage and freed after it."""
+    import torch
+
+    from ..export.checkpoint import locate_checkpoint
+    from ..export.reference import generate
+    from ..export.reference_models import CheckpointLoader, load_reference_models
+    from ..runtime.face import FaceAnalyzer
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    settings, face_rgb, stages, loads = config.settings(), _face(), {}, {}
+    loader = CheckpointLoader(locate_checkpoint(config.checkpoint))
+    analyzer = FaceAnalyzer(config.face_models)
+    with PeakMemory() as peak, torch.inference_mode():
+        inputs = _torch_conditioning(loader, analyzer, settings, face_rgb, config.repeat, stages, loads)
+        release_memory()
+        _torch_denoiser(loader, settings, *inputs, config.repeat, stages, loads)
+        release_memory()
+        _torch_decode(loader, settings, config.repeat, stages, loads)
+        release_memory()
+        if config.low_memory:
+            total = sum(stages[s]["median"] for s in ("face", "image_proj", "text", "decode"))
+            stages["end_to_end"] = {"median": total + settings.steps * stages["denoise_step"]["median"],
+                                    "kind": "sum of stages (the models do not fit in memory together)"}  # fmt: skip
+        else:
+            models = load_reference_models(loader.paths)
+            begin = time.perf_counter()
+            generate(models, analyzer, face_rgb, replace(settings))
+            stages["end_to_end"] = {
+                "median": time.perf_counter() - begin,
+                "runs": 1,
+                "kind": "one run of the reference",
+            }
+    batch = 2 if settings.cfg else 1
+    return {"config": asdict(config), "load_seconds": sum(loads.values()), "loads": loads, "stages": stages,
+            "memory": peak.to_dict(), "batch": batch}  # fmt: skip

@@ -1,0 +1,55 @@
+"""A smoke benchmark on the tiny stand-in: every configuration runs and the report is complete (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.torch
+
+
+def test_bench_runs_every_configuration_and_writes_the_report(tmp_path, tiny_standin, tiny_package, face_pack):
+    from click.testing import CliRunner
+
+    from instantid_edge.cli import cli
+
+    args = ["bench", "--checkpoint", tiny_standin, "--package", tiny_package, "--precisions", "fp32", "--height", 64,
+            "--width", 64, "--steps", 1, "--repeat", 1, "--threads", 2, "--face-models", face_pack,
+            "--out", tmp_path]  # fmt: skip
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    names = [run["config"]["name"] for run in results["runs"]]
+    assert names == ["torch fp32", "onnxruntime fp32", "openvino fp32"]
+    for run in results["runs"]:
+        assert set(run["stages"]) >= {"face", "text", "image_proj", "identitynet", "unet", "denoise_step", "decode",
+                                      "end_to_end"}  # fmt: skip
+        assert run["memory"]["peak_rss_gib"] > 0 and run["flops"]["unet"] > 0
+    assert results["machine"]["gemm_gflops"] > 1 and results["machine"]["cores"]
+    table = (tmp_path / "results.md").read_text()
+    assert "| unet |" in table and "GFLOP/s" in table
+    assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_flop_count_matches_the_analytic_count_for_a_matmul_and_a_conv(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from instantid_edge.bench.flops import graph_flops
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("Conv", ["img", "k"], ["z"], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 64]),
+         helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, 8, "h", "w"])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("y", "z")],
+        [helper.make_tensor("w", TensorProto.FLOAT, [64, 32], [0.0] * 2048),
+         helper.make_tensor("k", TensorProto.FLOAT, [16, 8, 3, 3], [0.0] * 1152)],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
+    flops = graph_flops(tmp_path / "g.onnx", {"x": (4, 64), "img": (1, 8, 10, 12)})
+    assert flops == 2 * 4 * 32 * 64 + 2 * (16 * 10 * 12) * (8 * 3 * 3)
