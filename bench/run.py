@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..runtime.errors import ConfigError
 from ..runtime.face_packs import default_face_pack
-from ..runtime.manifest import read_manifest
+from ..runtime.manifest import dim_sizes, read_manifest
 from .report import chart, markdown
 from .stages import Config
 
@@ -137,12 +137,7 @@ def _flops(package: Path, graph: str, width: int, height: int, batch: int) -> in
 
     manifest = read_manifest(package)
     info = manifest.graph(graph)
-    sizes = {"batch": batch if graph in ("identitynet", "unet") else 1, "height": height, "width": width}
-    h, w = height // 8, width // 8
-    for stride in (1, 2, 4):
-        suffix = "" if stride == 1 else f"_{stride}"
-        sizes[f"latent_height{suffix}"], sizes[f"latent_width{suffix}"] = h, w
-        h, w = -(-h // 2), -(-w // 2)
+    sizes = dim_sizes(height, width, batch if graph in ("identitynet", "unet") else 1)
     shapes = {s.name: tuple(sizes[d] if isinstance(d, str) else d for d in s.shape) for s in info.inputs}
     return graph_flops(info.path(manifest.root, "onnx"), shapes)
 

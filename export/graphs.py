@@ -7,14 +7,13 @@ exact shapes at load time anyway.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..runtime.manifest import RESIDUAL_STRIDES, RESIDUALS, TensorSpec
+from ..runtime.manifest import RESIDUAL_STRIDES, RESIDUALS, TensorSpec, latent_size
 
 TEXT_LENGTH = 77
 
@@ -36,10 +35,7 @@ class Dims:
         if self.height is None:
             suffix = "" if stride == 1 else f"_{stride}"
             return f"latent_height{suffix}", f"latent_width{suffix}"
-        h, w = self.height // 8, self.width // 8
-        for _ in range(int(math.log2(stride))):
-            h, w = -(-h // 2), -(-w // 2)  # stride-2 convs with padding 1 round up
-        return h, w
+        return latent_size(self.height, self.width, stride)
 
     def pixels(self) -> tuple[int | str, int | str]:
         return ("height", "width") if self.height is None else (self.height, self.width)

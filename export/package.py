@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,12 +21,14 @@ import torch
 
 from .. import __version__
 from ..runtime.errors import ConfigError, ExportError
+from ..runtime.files import atomic_folder, require_new_folder
 from ..runtime.manifest import (
     GRAPH_NAMES,
     MANIFEST,
     SCHEMA,
     SCHEMA_VERSION,
     GraphInfo,
+    dim_sizes,
     file_entry,
     read_manifest,
     sha256_of,
@@ -80,8 +81,7 @@ class ExportRequest:
         for value in (self.height, self.width):
             if value is not None and (value % 8 or not 64 <= value <= 4096):
                 raise ConfigError(f"--height/--width must be multiples of 8 between 64 and 4096, got {value}")
-        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
-            raise ConfigError(f"{self.out} already exists and is not an empty folder; choose a new --out")
+        require_new_folder(self.out)
         return self
 
 
@@ -119,15 +119,7 @@ def _dims(loader: CheckpointLoader, request: ExportRequest) -> Dims:
 
 
 def _sizes(dims: Dims) -> dict[str, int]:
-    height = dims.height or VALIDATION_SIZE
-    width = dims.width or VALIDATION_SIZE
-    sizes = {"batch": 2, "height": height, "width": width}
-    h, w = height // 8, width // 8
-    for stride in (1, 2, 4):
-        suffix = "" if stride == 1 else f"_{stride}"
-        sizes[f"latent_height{suffix}"], sizes[f"latent_width{suffix}"] = h, w
-        h, w = -(-h // 2), -(-w // 2)
-    return sizes
+    return dim_sizes(dims.height or VALIDATION_SIZE, dims.width or VALIDATION_SIZE, batch=2)
 
 
 def _graph_module(name: str, loader: CheckpointLoader, dims: Dims):
@@ -234,9 +226,7 @@ def _export(request: ExportRequest, log: Callable[[str], None]) -> None:
     paths = locate_checkpoint(request.checkpoint, request.base)
     loader = CheckpointLoader(paths, torch.float32, list(request.loras))
     dims = _dims(loader, request)
-    request.out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{request.out.name}.", suffix=".partial", dir=request.out.parent))
-    try:
+    with atomic_folder(request.out) as work:
         graphs = {name: _export_graph(name, loader, dims, work, request.formats, log) for name in GRAPH_NAMES}
         (work / "constants").mkdir()
         with torch.inference_mode():
@@ -278,10 +268,4 @@ def _export(request: ExportRequest, log: Callable[[str], None]) -> None:
         manifest["files"] = [file_entry(work, p) for p in sorted(work.rglob("*")) if p.is_file()]
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         read_manifest(work)  # what we wrote must read back
-        if request.out.exists():
-            request.out.rmdir()
-        work.rename(request.out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     log(f"exported in {time.perf_counter() - start:.1f} s")

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import shutil
-import tempfile
 import time
 import zlib
 from collections import OrderedDict
@@ -33,6 +31,7 @@ from torch import nn
 from .. import __version__
 from ..runtime.assets import shared_assets
 from ..runtime.errors import ConfigError
+from ..runtime.files import atomic_folder
 from .architecture import SDXL_MODEL_INDEX, SDXL_SCHEDULER, Architecture, architecture
 from .ip_attention import IPScale, install_ip_attention, ip_key_shapes
 from .resampler import Resampler
@@ -211,17 +210,6 @@ def _ip_adapter_state(models: MetaModels, seed: int) -> dict:
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}
 
 
-def _prepare_output(out: Path) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} already exists and is not an empty folder; choose a new --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    work.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder should look like any other
-    return work
-
-
 def build_standin(
     out: Path,
     preset: str,
@@ -244,8 +232,7 @@ def build_standin(
         )
     dtype = dtype or (torch.float16 if preset == "full" else torch.float32)
     arch = architecture(preset, embedding_dim)
-    work = _prepare_output(Path(out))
-    try:
+    with atomic_folder(out) as work:
         sdxl = work / "sdxl"
         sdxl.mkdir()
         _copy_tokenizers(Path(tokenizer), sdxl)
@@ -299,12 +286,6 @@ def build_standin(
             "bytes": sizes,
         }
         (work / "STANDIN.json").write_text(json.dumps(report, indent=2) + "\n")
-        if Path(out).exists():
-            Path(out).rmdir()
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     report["seconds"] = round(time.perf_counter() - start, 2)
     report["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     return report

@@ -11,13 +11,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..runtime.errors import ConfigError
+from ..runtime.files import atomic_folder, require_new_folder
 from ..runtime.manifest import MANIFEST, GraphInfo, file_entry, read_manifest, sha256_of
 from ..runtime.memory import PeakMemory, release_memory
 from ..runtime.pipeline import InstantIDPipeline
@@ -121,8 +121,7 @@ def quantize_package(request: QuantizeRequest, log: Callable[[str], None] = prin
 def _quantize(request: QuantizeRequest, log) -> dict:
     start = time.perf_counter()
     manifest = read_manifest(request.package)
-    if request.out.exists() and (not request.out.is_dir() or any(request.out.iterdir())):
-        raise ConfigError(f"{request.out} already exists and is not an empty folder; choose a new --out")
+    require_new_folder(request.out)
     if request.samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {request.samples}")
     policy = policy_for(request.method, list(request.graphs) if request.graphs else None, list(manifest.graphs))
@@ -143,9 +142,7 @@ def _quantize(request: QuantizeRequest, log) -> dict:
     log(f"calibration: {len(calibration_jobs)} image(s) at {size[0]}x{size[1]}, {request.steps} steps, "
         f"in {time.perf_counter() - clock:.1f} s")  # fmt: skip
 
-    request.out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{request.out.name}.", suffix=".partial", dir=request.out.parent))
-    try:
+    with atomic_folder(request.out) as work:
         _link_tree(request.package, work)
         graphs, fidelity = dict(manifest.graphs), {}
         for name, action in policy.items():
@@ -197,11 +194,5 @@ def _quantize(request: QuantizeRequest, log) -> dict:
         data["quantization"]["fidelity"]["end_to_end"] = end
         (work / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
         read_manifest(work)
-        if request.out.exists():
-            request.out.rmdir()
-        work.rename(request.out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     log(f"quantized in {time.perf_counter() - start:.1f} s")
     return data["quantization"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .manifest import RESIDUAL_STRIDES, RESIDUALS
+from .manifest import RESIDUAL_STRIDES, RESIDUALS, latent_size
 from .package import ModelPackage
 from .settings import GenerationSettings, identitynet_active
 from .text import check_finite
@@ -53,9 +53,7 @@ def zero_residuals(package: ModelPackage, batch: int, latent_h: int, latent_w: i
     specs = {spec.name: spec for spec in package.manifest.graph("identitynet").outputs}
     zeros = {}
     for name, stride in zip(RESIDUALS, RESIDUAL_STRIDES, strict=True):
-        h, w = latent_h, latent_w
-        while stride > 1:
-            h, w, stride = -(-h // 2), -(-w // 2), stride // 2
+        h, w = latent_size(latent_h * 8, latent_w * 8, stride)
         zeros[name] = np.zeros((batch, specs[name].shape[1], h, w), np.float32)
     return zeros
 

@@ -33,6 +33,23 @@ RESIDUALS = tuple(f"down_{i}" for i in range(9)) + ("mid",)
 RESIDUAL_STRIDES = (1, 1, 1, 2, 2, 2, 4, 4, 4, 4)
 
 
+def latent_size(height: int, width: int, stride: int = 1) -> tuple[int, int]:
+    """Latent (height, width) at a UNet level: pixels / 8, then halved (rounding up) per stride-2 level."""
+    h, w = height // 8, width // 8
+    while stride > 1:
+        h, w, stride = -(-h // 2), -(-w // 2), stride // 2
+    return h, w
+
+
+def dim_sizes(height: int, width: int, batch: int) -> dict[str, int]:
+    """Values of the symbolic dims in the graphs' specs for one run of `height` x `width` pixels."""
+    sizes = {"batch": batch, "height": height, "width": width}
+    for stride in (1, 2, 4):
+        suffix = "" if stride == 1 else f"_{stride}"
+        sizes[f"latent_height{suffix}"], sizes[f"latent_width{suffix}"] = latent_size(height, width, stride)
+    return sizes
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str

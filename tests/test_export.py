@@ -17,13 +17,9 @@ OTHER_SIZE = {"batch": 1, "height": 96, "width": 160}  # not the size validated 
 
 
 def _sizes(height, width, batch):
-    sizes = {"batch": batch, "height": height, "width": width}
-    h, w = height // 8, width // 8
-    for stride in (1, 2, 4):
-        suffix = "" if stride == 1 else f"_{stride}"
-        sizes[f"latent_height{suffix}"], sizes[f"latent_width{suffix}"] = h, w
-        h, w = -(-h // 2), -(-w // 2)
-    return sizes
+    from instantid_edge.runtime.manifest import dim_sizes
+
+    return dim_sizes(height, width, batch)
 
 
 @pytest.fixture(scope="module")
