@@ -70,7 +70,7 @@ def time_runtime(config: Config) -> dict:
         start = time.perf_counter()
         cache = Path(config.cache_dir) if config.cache_dir else None
         pipe = InstantIDPipeline.load(config.package, config.backend, config.threads, config.face_models, cache,
-                                      low_memory=config.low_memory)  # fmt: skip
+                                      low_memory=config.low_memory, cache=cache is not None)  # fmt: skip
         settings, _, conditioning, noise = pipe.prepare(face_rgb, config.settings())
         load_seconds = time.perf_counter() - start
         package = pipe.package

@@ -64,6 +64,9 @@ def timing_table(timings: dict, wall: float) -> str:
 @click.option("--threads", type=int, help="Inference threads (default: the backend's choice).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="OpenVINO compiled-model cache folder.")
 @click.option(
+    "--no-cache", is_flag=True, help="Do not cache compiled OpenVINO models (they take as much disk as the weights)."
+)
+@click.option(
     "--precision",
     type=click.Choice(["f32", "bf16"]),
     default="f32",
@@ -72,7 +75,7 @@ def timing_table(timings: dict, wall: float) -> str:
 )
 @click.option("--low-memory", is_flag=True, help="Close each graph once its stage is done (peak: UNet + IdentityNet).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and timings as JSON.")
-def generate(package_dir, pose, backend, threads, cache_dir, precision, low_memory, as_json, **options):
+def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision, low_memory, as_json, **options):
     """Generate an identity-preserving portrait from a face photo and a prompt, without PyTorch.
 
     \b
@@ -90,7 +93,8 @@ def generate(package_dir, pose, backend, threads, cache_dir, precision, low_memo
     face_rgb = load_rgb(inputs.face)  # cheap checks first: bad photos fail before models load
     pose_rgb = load_rgb(pose) if pose else None
     noise = inputs.load_latents()
-    pipe = InstantIDPipeline.load(package_dir, backend, threads, inputs.face_models, cache_dir, precision, low_memory)
+    pipe = InstantIDPipeline.load(package_dir, backend, threads, inputs.face_models, cache_dir, precision, low_memory,
+                                  cache=not no_cache)  # fmt: skip
     if pipe.package.standin:
         click.echo(f"Weights: RANDOM stand-in ({pipe.package.standin['preset']}): not a real model", err=True)
     load_seconds = time.perf_counter() - start

@@ -61,8 +61,11 @@ class InstantIDPipeline:
         cache_dir: Path | None = None,
         precision_hint: str = "f32",
         low_memory: bool = False,
+        cache: bool = True,
     ) -> InstantIDPipeline:
-        options = SessionOptions(backend, threads, cache_dir or default_cache_dir(), precision_hint)
+        """`cache=False` keeps OpenVINO from writing compiled blobs (as large as the weights) to disk."""
+        cache_dir = (cache_dir or default_cache_dir()) if cache else None
+        options = SessionOptions(backend, threads, cache_dir, precision_hint)
         return cls(ModelPackage(package, options), FaceAnalyzer(face_models), low_memory)
 
     def _noise(self, settings: GenerationSettings, given: np.ndarray | None, height: int, width: int) -> np.ndarray:
