@@ -65,6 +65,7 @@ def make_denoiser(
     context = cond.context
     batch = cond.text.shape[0]
     ip_scale = np.array(settings.ip_scale, np.float32)
+    zeros: dict[tuple, dict[str, np.ndarray]] = {}  # residuals outside IdentityNet's window, made once per shape
 
     def eps(model_input: np.ndarray, t: float, step: int) -> np.ndarray:
         x = np.concatenate([model_input] * batch).astype(np.float32)
@@ -80,7 +81,9 @@ def make_denoiser(
             for value in residuals.values():
                 check_finite(f"identitynet (step {step + 1})", value)
         else:
-            residuals = zero_residuals(package, batch, x.shape[2], x.shape[3])
+            if x.shape not in zeros:
+                zeros[x.shape] = zero_residuals(package, batch, x.shape[2], x.shape[3])
+            residuals = zeros[x.shape]
         feeds = {"sample": x, "timestep": timestep, "encoder_hidden_states": context, "text_embeds": cond.pooled,
                  "time_ids": cond.time_ids, **residuals, "ip_scale": ip_scale}  # fmt: skip
         noise = check_finite(f"unet (step {step + 1})", timer.run("unet", unet.run, feeds)["noise_pred"])

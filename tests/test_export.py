@@ -127,6 +127,17 @@ def test_manifest_records_io_hashes_versions_and_baked_facts(manifest):
 # --- static shapes and LoRA ------------------------------------------------------------------------------
 
 
+def _diffusers_unet(unet, feeds) -> np.ndarray:
+    import torch
+
+    t = {k: torch.from_numpy(np.array(v)) for k, v in feeds.items()}
+    return unet(
+        t["sample"], t["timestep"], encoder_hidden_states=t["encoder_hidden_states"],
+        added_cond_kwargs={"text_embeds": t["text_embeds"], "time_ids": t["time_ids"]},
+        down_block_additional_residuals=tuple(t[f"down_{i}"] for i in range(9)), mid_block_additional_residual=t["mid"],
+    ).sample.numpy()  # fmt: skip
+
+
 def _random_lora(unet, path, fmt: str, rank: int = 4, seed: int = 0) -> None:
     import torch
     from safetensors.torch import save_file
@@ -173,21 +184,10 @@ def test_a_lora_fused_at_export_equals_diffusers_with_the_lora_loaded(tmp_path, 
         install_ip_attention(pipe.unet, 16, holder), load_ip_adapter(tiny_standin / "ip-adapter.bin")["ip_adapter"]
     )
     feeds = example_inputs(list(manifest.graph("unet").inputs), _sizes(128, 128, 2), seed=4)
-    t = {k: torch.from_numpy(np.array(v)) for k, v in feeds.items()}
     with torch.inference_mode():
-        expected = pipe.unet(
-            t["sample"], t["timestep"], encoder_hidden_states=t["encoder_hidden_states"],
-            added_cond_kwargs={"text_embeds": t["text_embeds"], "time_ids": t["time_ids"]},
-            down_block_additional_residuals=tuple(t[f"down_{i}"] for i in range(9)),
-            mid_block_additional_residual=t["mid"],
-        ).sample.numpy()  # fmt: skip
+        expected = _diffusers_unet(pipe.unet, feeds)
         pipe.unet.disable_lora()
-        without = pipe.unet(
-            t["sample"], t["timestep"], encoder_hidden_states=t["encoder_hidden_states"],
-            added_cond_kwargs={"text_embeds": t["text_embeds"], "time_ids": t["time_ids"]},
-            down_block_additional_residuals=tuple(t[f"down_{i}"] for i in range(9)),
-            mid_block_additional_residual=t["mid"],
-        ).sample.numpy()  # fmt: skip
+        without = _diffusers_unet(pipe.unet, feeds)
     produced = _session(manifest, "unet", "onnxruntime").run(feeds)["noise_pred"]
     np.testing.assert_allclose(produced, expected, rtol=0, atol=FP32_ATOL)
     assert np.abs(produced - without).max() > 1e-2  # the LoRA really changed the UNet
