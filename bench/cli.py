@@ -30,11 +30,15 @@ def _list(text: str) -> tuple[str, ...]:
 @click.option("--threads", type=int, help="Threads for every backend (default: each backend's choice).")
 @click.option("--face-models", type=click.Path(path_type=Path), help="Face pack folder.")
 @click.option(
-    "--low-memory/--no-low-memory", default=None, help="Open only the current stage's graphs (default: on for full)."
+    "--memory",
+    type=click.Choice(["auto", "normal", "low", "minimal"]),
+    default="auto",
+    show_default=True,
+    help="Memory mode of the runtime configurations (see generate --help).",
 )
 @click.option("--int8-method", type=click.Choice(["weights", "hybrid", "full"]), default="weights", show_default=True)
 def bench(out, preset, checkpoint, packages, height, width, steps, guidance, backends, precisions, repeat, threads,
-          face_models, low_memory, int8_method):  # fmt: skip
+          face_models, memory, int8_method):  # fmt: skip
     """Time every stage of every backend and precision, beside the PyTorch reference, on this machine.
 
     \b
@@ -46,7 +50,7 @@ def bench(out, preset, checkpoint, packages, height, width, steps, guidance, bac
     request = BenchRequest(out=out, preset=preset, checkpoint=checkpoint, packages=tuple(packages), width=width,
                            height=height, steps=steps, guidance=guidance, backends=_list(backends),
                            precisions=_list(precisions), repeat=repeat, threads=threads, face_models=face_models,
-                           low_memory=low_memory, int8_method=int8_method)  # fmt: skip
+                           memory=memory, int8_method=int8_method)  # fmt: skip
     results = run_bench(request, log=lambda line: click.echo(line, err=True))
     click.echo((out / "results.md").read_text())
     failed = [r for r in results["runs"] if "error" in r]

@@ -32,8 +32,10 @@ def markdown(results: dict) -> str:
         lines.append(f"| {label} | {' | '.join(cells)} |")
 
     row("load s (sessions, first text/face runs)", [f"{r['load_seconds']:.1f}" for r in runs])
-    first = [r["stages"].get("denoise_step", {}).get("first") for r in runs]
-    row("first denoise step s (OpenVINO compiles here)", ["-" if f is None else f"{f:.2f}" for f in first])
+    first = [r["stages"].get("denoise_step", {}).get("first_calls") for r in runs]
+    row("first IdentityNet + UNet call s (OpenVINO compiles here)",
+        ["-" if not f else f"{f['identitynet']:.1f} + {f['unet']:.1f}" for f in first])  # fmt: skip
+    row("memory mode", [r.get("memory_mode", r["config"].get("memory", "-")) for r in runs])
     memory = [r["memory"] for r in runs]
     row("peak RSS GiB (anonymous)", [f"{m['peak_rss_gib']:.2f} ({m['peak_anon_gib']:.2f})" for m in memory])
     row("size on disk GiB", [f"{r.get('disk_gib', 0):.2f}" for r in runs])

@@ -41,7 +41,7 @@ class BenchRequest:
     repeat: int = 3
     threads: int | None = None
     face_models: Path | None = None
-    low_memory: bool | None = None  # None: on for the full preset
+    memory: str = "auto"
     int8_method: str = "weights"
 
 
@@ -149,16 +149,22 @@ def run_bench(request: BenchRequest, log=print) -> dict:
     if unknown:
         raise ConfigError(f"unknown backend(s) {sorted(unknown)}; choose from torch, onnxruntime, openvino")
     checkpoint, packages, face_models = prepare(request, log)
-    low_memory = request.low_memory if request.low_memory is not None else request.preset == "full"
     base = {
         "width": request.width, "height": request.height, "steps": request.steps, "guidance": request.guidance,
-        "repeat": request.repeat, "threads": request.threads, "face_models": str(face_models), "low_memory": low_memory,
+        "repeat": request.repeat, "threads": request.threads, "face_models": str(face_models), "memory": request.memory,
     }  # fmt: skip
     configs = []
     if "torch" in request.backends:
         if checkpoint is None:
             raise ConfigError("the PyTorch peer needs --checkpoint (or --preset)")
-        configs.append(Config(name="torch fp32", backend="torch", precision="fp32", checkpoint=str(checkpoint), **base))
+        torch_base = base
+        if request.memory == "auto":  # fp32 in memory: twice an fp16 checkpoint's size on disk, at worst
+            size = sum(p.stat().st_size for p in Path(checkpoint).rglob("*") if p.is_file())
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            torch_base = {**base, "memory": "normal" if 2 * size < 0.6 * total else "low"}
+        configs.append(
+            Config(name="torch fp32", backend="torch", precision="fp32", checkpoint=str(checkpoint), **torch_base)
+        )
     for backend in (b for b in request.backends if b != "torch"):
         for precision in request.precisions:
             if precision in packages:
@@ -167,7 +173,6 @@ def run_bench(request: BenchRequest, log=print) -> dict:
                                       package=str(packages[precision]), **base))  # fmt: skip
     results = {"request": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()},
                "machine": machine(), "versions": _versions(), "runs": []}  # fmt: skip
-    results["request"]["low_memory"] = low_memory
     results["machine"]["gemm_gflops"] = _in_process({"kind": "gemm"}, request.threads).get("gemm_gflops", 0.0)
     log(f"GEMM peak: {results['machine']['gemm_gflops']:.0f} GFLOP/s")
     batch = 2 if request.guidance > 1 else 1

@@ -1,9 +1,10 @@
 """Time every stage of one configuration on its own: runtime (ONNX Runtime / OpenVINO) or the PyTorch peer.
 
 Load (and OpenVINO compilation, which happens on a graph's first run at a shape) is reported apart from
-steady state: each stage runs once to warm up, then `repeat` times. In low-memory mode only the graphs of
-the stage being timed are open, which is how the full-size architecture fits in 24 GiB; the end-to-end run
-then reopens sessions as it goes (OpenVINO from its compiled-model cache).
+steady state: each stage runs once to warm up, then `repeat` times. In the low and minimal memory modes only the
+graphs of the stage being timed are open, which is how the full-size architecture fits in 24 GiB; the
+end-to-end run then reopens sessions as it needs them. The PyTorch peer always loads one stage's models at
+a time; its end-to-end figure is one real run in the normal mode, else the sum of its stages.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Config:
     face_models: str
     package: str | None = None
     checkpoint: str | None = None
-    low_memory: bool = False
+    memory: str = "auto"
     cache_dir: str | None = None
 
     def settings(self) -> GenerationSettings:
@@ -61,19 +62,19 @@ def time_runtime(config: Config) -> dict:
     import numpy as np
 
     from ..runtime.decode import decode
-    from ..runtime.denoise import StageTimer, make_denoiser
+    from ..runtime.denoise import StageTimer, identitynet_feeds, make_denoiser, unet_feeds
     from ..runtime.face import face_conditioning
     from ..runtime.pipeline import InstantIDPipeline
 
-    stages, face_rgb = {}, _face()
+    stages, first, face_rgb = {}, {}, _face()
     with PeakMemory() as peak:
         start = time.perf_counter()
         cache = Path(config.cache_dir) if config.cache_dir else None
         pipe = InstantIDPipeline.load(config.package, config.backend, config.threads, config.face_models, cache,
-                                      low_memory=config.low_memory, cache=cache is not None)  # fmt: skip
-        settings, _, conditioning, noise = pipe.prepare(face_rgb, config.settings())
+                                      memory=config.memory, cache=cache is not None)  # fmt: skip
+        settings, _, cond, noise = pipe.prepare(face_rgb, config.settings())
         load_seconds = time.perf_counter() - start
-        package = pipe.package
+        package, lean = pipe.package, pipe.memory != "normal"
         stages["face"] = _timed(
             lambda: face_conditioning(pipe.analyzer, face_rgb, settings.width, settings.height), config.repeat
         )
@@ -85,27 +86,35 @@ def time_runtime(config: Config) -> dict:
         stages["text"] = _timed(text, config.repeat)
         embedding = {"image_embeds": np.zeros((1, 1, package.architecture["embedding_dim"]), np.float32)}
         stages["image_proj"] = _timed(lambda: package.session("image_proj").run(embedding), config.repeat)
-        if config.low_memory:
+        if lean:
             package.release("text_encoder", "text_encoder_2", "image_proj")
-        timer = StageTimer()
-        denoiser = make_denoiser(package, conditioning, settings, timer)
-        x = noise[:1] * np.float32(14.6)
+
+        # Each denoiser graph on its own; in minimal mode only the graph being timed is open.
+        x = np.concatenate([noise[:1] * np.float32(14.6)] * cond.text.shape[0])
+        feeds = identitynet_feeds(cond, x, 500.0, 0.8)
         begin = time.perf_counter()
-        denoiser(x, 500.0, 0)  # OpenVINO compiles IdentityNet and the UNet for these shapes here
-        first_step = time.perf_counter() - begin
-        timer.seconds.clear()
-        timer.calls.clear()
-        stages["denoise_step"] = _timed(lambda: denoiser(x, 500.0, 0), config.repeat)
-        stages["denoise_step"]["first"] = first_step
-        stages["identitynet"] = {
-            "median": timer.seconds["identitynet"] / timer.calls["identitynet"],
-            "runs": timer.calls["identitynet"],
-        }
-        stages["unet"] = {"median": timer.seconds["unet"] / timer.calls["unet"], "runs": timer.calls["unet"]}
-        if config.low_memory:
+        residuals = package.session("identitynet").run(feeds)  # OpenVINO compiles on a graph's first run
+        first["identitynet"] = time.perf_counter() - begin
+        stages["identitynet"] = _timed(lambda: package.session("identitynet").run(feeds), config.repeat)
+        if pipe.memory == "minimal":
+            package.release("identitynet")
+        feeds = unet_feeds(cond, cond.context, x, 500.0, residuals, 0.8)
+        begin = time.perf_counter()
+        package.session("unet").run(feeds)
+        first["unet"] = time.perf_counter() - begin
+        stages["unet"] = _timed(lambda: package.session("unet").run(feeds), config.repeat)
+        if pipe.memory == "minimal":
+            package.release("unet")
+            total = stages["identitynet"]["median"] + stages["unet"]["median"]
+            stages["denoise_step"] = {"median": total, "kind": "sum (minimal memory: the graphs take turns)"}
+        else:
+            denoiser = make_denoiser(package, cond, settings, StageTimer())
+            stages["denoise_step"] = _timed(lambda: denoiser(x[:1], 500.0, 0), config.repeat)
+        stages["denoise_step"]["first_calls"] = first
+        if lean:
             package.release("identitynet", "unet")
-        stages["decode"] = _timed(lambda: decode(package, x), config.repeat)
-        if config.low_memory:
+        stages["decode"] = _timed(lambda: decode(package, x[:1]), config.repeat)
+        if lean:
             package.release("vae_decoder")
         end_to_end = []
         for _ in range(max(1, config.repeat // 2)):
@@ -113,10 +122,13 @@ def time_runtime(config: Config) -> dict:
             begin = time.perf_counter()
             pipe(face_rgb, settings)
             end_to_end.append(time.perf_counter() - begin)
+        kind = f"one run of generate (memory mode {pipe.memory}" + (
+            ": graphs reopened as the run needs them)" if lean else ")"
+        )
         stages["end_to_end"] = {"median": statistics.median(end_to_end), "min": min(end_to_end), "max": max(end_to_end),
-                                "runs": len(end_to_end), "kind": "one run of generate"}  # fmt: skip
+                                "runs": len(end_to_end), "kind": kind}  # fmt: skip
     return {"config": asdict(config), "load_seconds": load_seconds, "stages": stages, "memory": peak.to_dict(),
-            "batch": 2 if settings.cfg else 1}  # fmt: skip
+            "memory_mode": pipe.memory, "batch": 2 if settings.cfg else 1}  # fmt: skip
 
 
 def _loaded(loads: dict, name: str, load):
@@ -210,7 +222,7 @@ def time_torch(config: Config) -> dict:
         release_memory()
         _torch_decode(loader, settings, config.repeat, stages, loads)
         release_memory()
-        if config.low_memory:
+        if config.memory != "normal":
             total = sum(stages[s]["median"] for s in ("face", "image_proj", "text", "decode"))
             stages["end_to_end"] = {"median": total + settings.steps * stages["denoise_step"]["median"],
                                     "kind": "sum of stages (the models do not fit in memory together)"}  # fmt: skip

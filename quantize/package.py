@@ -131,7 +131,8 @@ def _quantize(request: QuantizeRequest, log) -> dict:
     calibration_jobs, held_out_job = _calibration_jobs(faces, prompts, request, size)
 
     backend = "onnxruntime" if "onnx" in manifest.formats else "openvino"
-    pipe = InstantIDPipeline.load(request.package, backend=backend, face_models=request.face_models, low_memory=True)
+    # "auto": the full-size fp32 denoiser graphs do not fit 24 GiB together; they then take turns
+    pipe = InstantIDPipeline.load(request.package, backend=backend, face_models=request.face_models, memory="auto")
     calibration, held_out = Recording(), Recording()
     clock = time.perf_counter()
     if any(action in ("hybrid", "full") for action in policy.values()):
@@ -186,7 +187,7 @@ def _quantize(request: QuantizeRequest, log) -> dict:
         for fmt in sorted({fmt for graph in graphs.values() for fmt in graph.files}):
             results = []
             for source in (request.package, work):  # one after the other: never two full pipelines in memory
-                pipe = InstantIDPipeline.load(source, BACKEND_OF[fmt], face_models=request.face_models, low_memory=True)
+                pipe = InstantIDPipeline.load(source, BACKEND_OF[fmt], face_models=request.face_models, memory="auto")
                 results.append(pipe(face, settings))
                 del pipe
                 release_memory()

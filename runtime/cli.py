@@ -73,9 +73,15 @@ def timing_table(timings: dict, wall: float) -> str:
     show_default=True,
     help="OpenVINO inference precision (bf16 only where the CPU has it).",
 )
-@click.option("--low-memory", is_flag=True, help="Close each graph once its stage is done (peak: UNet + IdentityNet).")
+@click.option(
+    "--memory",
+    type=click.Choice(["auto", "normal", "low", "minimal"]),
+    default="auto",
+    show_default=True,
+    help="low: close each graph after its stage; minimal: also one denoiser graph at a time (slow).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result and timings as JSON.")
-def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision, low_memory, as_json, **options):
+def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision, memory, as_json, **options):
     """Generate an identity-preserving portrait from a face photo and a prompt, without PyTorch.
 
     \b
@@ -93,7 +99,7 @@ def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision
     face_rgb = load_rgb(inputs.face)  # cheap checks first: bad photos fail before models load
     pose_rgb = load_rgb(pose) if pose else None
     noise = inputs.load_latents()
-    pipe = InstantIDPipeline.load(package_dir, backend, threads, inputs.face_models, cache_dir, precision, low_memory,
+    pipe = InstantIDPipeline.load(package_dir, backend, threads, inputs.face_models, cache_dir, precision, memory,
                                   cache=not no_cache)  # fmt: skip
     if pipe.package.standin:
         click.echo(f"Weights: RANDOM stand-in ({pipe.package.standin['preset']}): not a real model", err=True)

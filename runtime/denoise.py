@@ -58,35 +58,49 @@ def zero_residuals(package: ModelPackage, batch: int, latent_h: int, latent_w: i
     return zeros
 
 
+def identitynet_feeds(cond: Conditioning, x: np.ndarray, t: float, scale: float) -> dict[str, np.ndarray]:
+    return {"sample": x, "timestep": np.array(t, np.float32), "image_tokens": cond.image_tokens,
+            "controlnet_cond": cond.control, "conditioning_scale": np.array(scale, np.float32),
+            "text_embeds": cond.pooled, "time_ids": cond.time_ids}  # fmt: skip
+
+
+def unet_feeds(cond: Conditioning, context: np.ndarray, x: np.ndarray, t: float, residuals: dict, ip_scale: float):
+    return {"sample": x, "timestep": np.array(t, np.float32), "encoder_hidden_states": context,
+            "text_embeds": cond.pooled, "time_ids": cond.time_ids, **residuals,
+            "ip_scale": np.array(ip_scale, np.float32)}  # fmt: skip
+
+
 def make_denoiser(
-    package: ModelPackage, cond: Conditioning, settings: GenerationSettings, timer: StageTimer
+    package: ModelPackage, cond: Conditioning, settings: GenerationSettings, timer: StageTimer, one_graph: bool = False
 ) -> Callable[[np.ndarray, float, int], np.ndarray]:
-    identitynet, unet = package.session("identitynet"), package.session("unet")
+    """`one_graph` keeps only one of IdentityNet and the UNet open at a time (reopened every step): slow, but
+    the full-size fp32 pair does not fit 24 GiB together."""
     context = cond.context
     batch = cond.text.shape[0]
-    ip_scale = np.array(settings.ip_scale, np.float32)
     zeros: dict[tuple, dict[str, np.ndarray]] = {}  # residuals outside IdentityNet's window, made once per shape
 
     def eps(model_input: np.ndarray, t: float, step: int) -> np.ndarray:
         x = np.concatenate([model_input] * batch).astype(np.float32)
-        timestep = np.array(t, np.float32)
         scale = settings.identitynet_scale * identitynet_active(
             step, settings.steps, settings.control_start, settings.control_end
         )
         if scale > 0:
-            feeds = {"sample": x, "timestep": timestep, "image_tokens": cond.image_tokens,
-                     "controlnet_cond": cond.control, "conditioning_scale": np.array(scale, np.float32),
-                     "text_embeds": cond.pooled, "time_ids": cond.time_ids}  # fmt: skip
-            residuals = timer.run("identitynet", identitynet.run, feeds)
+            run = package.session("identitynet").run
+            residuals = timer.run("identitynet", run, identitynet_feeds(cond, x, t, scale))
             for value in residuals.values():
                 check_finite(f"identitynet (step {step + 1})", value)
+            if one_graph:
+                package.release("identitynet")
         else:
             if x.shape not in zeros:
                 zeros[x.shape] = zero_residuals(package, batch, x.shape[2], x.shape[3])
             residuals = zeros[x.shape]
-        feeds = {"sample": x, "timestep": timestep, "encoder_hidden_states": context, "text_embeds": cond.pooled,
-                 "time_ids": cond.time_ids, **residuals, "ip_scale": ip_scale}  # fmt: skip
-        noise = check_finite(f"unet (step {step + 1})", timer.run("unet", unet.run, feeds)["noise_pred"])
+        feeds = unet_feeds(cond, context, x, t, residuals, settings.ip_scale)
+        noise = check_finite(
+            f"unet (step {step + 1})", timer.run("unet", package.session("unet").run, feeds)["noise_pred"]
+        )
+        if one_graph:
+            package.release("unet")
         if batch == 2:
             uncond, conditional = noise[:1], noise[1:]
             return uncond + np.float32(settings.guidance) * (conditional - uncond)

@@ -37,12 +37,42 @@ class GenerationResult:
     timings: dict = field(default_factory=dict)
 
 
+MEMORY_MODES = ("auto", "normal", "low", "minimal")
+
+
+def choose_memory_mode(package: ModelPackage) -> str:
+    """`auto`: from the denoiser graphs' weight bytes against physical memory.
+
+    Loaded weights take about their file size (more while a backend repacks them); activations, the other
+    graphs and the process come on top.
+    """
+    import os
+
+    from .session import FORMAT_OF
+
+    fmt = FORMAT_OF[package.options.backend]
+    sizes = {name: sum(f["bytes"] for f in graph.files.get(fmt, [])) for name, graph in package.manifest.graphs.items()}
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return "low"
+    denoiser = sizes.get("unet", 0) + sizes.get("identitynet", 0)
+    if denoiser > 0.45 * memory:
+        return "minimal"
+    return "low" if sum(sizes.values()) > 0.45 * memory else "normal"
+
+
 class InstantIDPipeline:
-    def __init__(self, package: ModelPackage, analyzer: FaceAnalyzer, low_memory: bool = False):
-        """`low_memory` closes each graph's session once its stage is done (text encoders, image adapter after
-        conditioning; the VAE after decoding): the peak is then the denoiser's two graphs, at the cost of
-        reopening sessions on the next call."""
-        self.package, self.analyzer, self.low_memory = package, analyzer, low_memory
+    def __init__(self, package: ModelPackage, analyzer: FaceAnalyzer, memory: str = "normal"):
+        """`memory`: "normal" keeps every graph open; "low" closes each graph once its stage is done (text
+        encoders and image adapter after conditioning, the VAE after decoding), so the peak is the denoiser's
+        two graphs; "minimal" also keeps only one of IdentityNet and the UNet open at a time, reopening them
+        every step (slow, for machines that cannot hold both); "auto" chooses from sizes and physical memory.
+        """
+        if memory not in MEMORY_MODES:
+            raise ConfigError(f"memory mode must be one of {', '.join(MEMORY_MODES)}, got {memory!r}")
+        self.package, self.analyzer = package, analyzer
+        self.memory = choose_memory_mode(package) if memory == "auto" else memory
         self.text = TextEncoder(package)
         expected = package.architecture["embedding_dim"]
         if analyzer.embedding_dim != expected:
@@ -60,13 +90,13 @@ class InstantIDPipeline:
         face_models: str | Path | None = None,
         cache_dir: Path | None = None,
         precision_hint: str = "f32",
-        low_memory: bool = False,
+        memory: str = "normal",
         cache: bool = True,
     ) -> InstantIDPipeline:
         """`cache=False` keeps OpenVINO from writing compiled blobs (as large as the weights) to disk."""
         cache_dir = (cache_dir or default_cache_dir()) if cache else None
         options = SessionOptions(backend, threads, cache_dir, precision_hint)
-        return cls(ModelPackage(package, options), FaceAnalyzer(face_models), low_memory)
+        return cls(ModelPackage(package, options), FaceAnalyzer(face_models), memory)
 
     def _noise(self, settings: GenerationSettings, given: np.ndarray | None, height: int, width: int) -> np.ndarray:
         expected = (settings.num_images, 4, height // 8, width // 8)
@@ -119,7 +149,7 @@ class InstantIDPipeline:
             time_ids=np.array([time_ids(height, width)] * batch, np.float32),
             control=control,
         )
-        if self.low_memory:
+        if self.memory != "normal":
             self.package.release("text_encoder", "text_encoder_2", "image_proj")
         return settings, cond, conditioning, noise
 
@@ -134,7 +164,7 @@ class InstantIDPipeline:
         """`noise` replaces the seed rule (unit noise, [N, 4, H/8, W/8]); `progress(done, total)` per step."""
         timer = StageTimer()
         settings, cond, conditioning, noise = self.prepare(face_rgb, settings, pose_rgb, noise, timer)
-        denoiser = make_denoiser(self.package, conditioning, settings, timer)
+        denoiser = make_denoiser(self.package, conditioning, settings, timer, one_graph=self.memory == "minimal")
 
         latents, images = [], []
         total = settings.steps * settings.num_images
@@ -151,10 +181,10 @@ class InstantIDPipeline:
             final = sample(settings, self.package.scheduler_config, denoiser, noise[index : index + 1], rng, step_done)
             timer.seconds["denoise"] += time.perf_counter() - start
             latents.append(final)
-            if self.low_memory:
+            if self.memory != "normal":
                 self.package.release("identitynet", "unet")
             images.append(timer.run("decode", decode, self.package, final))
-            if self.low_memory:
+            if self.memory != "normal":
                 self.package.release("vae_decoder")
         timings = {name: round(seconds, 4) for name, seconds in timer.seconds.items()}
         timings["calls"] = dict(timer.calls)

@@ -61,14 +61,16 @@ def test_every_sampler_runs_with_and_without_cfg(pipelines, face_rgb, sampler):
     assert calls["unet"] == 3 and calls["identitynet"] == 3
 
 
-def test_low_memory_mode_gives_the_same_image_and_keeps_no_sessions(runtime_package, face_pack, face_rgb):
-    from instantid_edge.runtime.pipeline import InstantIDPipeline
+@pytest.mark.parametrize("memory", ["low", "minimal"])
+def test_memory_modes_give_the_same_image_and_keep_no_sessions(runtime_package, face_pack, face_rgb, memory):
+    from instantid_edge.runtime.pipeline import InstantIDPipeline, choose_memory_mode
 
-    lean = InstantIDPipeline.load(runtime_package, face_models=face_pack, low_memory=True)
+    lean = InstantIDPipeline.load(runtime_package, face_models=face_pack, memory=memory)
     full = InstantIDPipeline.load(runtime_package, face_models=face_pack)
     a, b = lean(face_rgb, _settings(seed=8)), full(face_rgb, _settings(seed=8))
     np.testing.assert_array_equal(a.latents, b.latents)
     assert not lean.package._sessions and len(full.package._sessions) == 6
+    assert choose_memory_mode(full.package) == "normal"  # a tiny package fits anywhere
 
 
 def test_identitynet_window_skips_the_graph_outside_it(pipelines, face_rgb):
