@@ -19,17 +19,25 @@ def graph_flops(path: Path, input_shapes: dict[str, tuple[int, ...]]) -> int:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
+    # Shapes need no weight values: large (external) weights become graph inputs of their shape.
+    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    for tensor in external:
+        model.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        model.graph.initializer.remove(tensor)
     for tensor in model.graph.input:
         if tensor.name in input_shapes:
             dims = tensor.type.tensor_type.shape.dim
             for dim, size in zip(dims, input_shapes[tensor.name], strict=True):
                 dim.ClearField("dim_param")
                 dim.dim_value = size
-    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    # onnxruntime's symbolic inference follows the Shape/Gather/Reshape chains that onnx's own stops at
+    model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     shapes = {
         vi.name: _dims(vi) for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
     }
-    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    shapes.update({t.name: list(t.dims) for t in list(model.graph.initializer) + external})
     total = 0
     for node in model.graph.node:
         out = shapes.get(node.output[0]) if node.output else None
