@@ -39,15 +39,22 @@ def markdown(results: dict) -> str:
     memory = [r["memory"] for r in runs]
     row("peak RSS GiB (anonymous)", [f"{m['peak_rss_gib']:.2f} ({m['peak_anon_gib']:.2f})" for m in memory])
     row("size on disk GiB", [f"{r.get('disk_gib', 0):.2f}" for r in runs])
-    peak = results["machine"]["gemm_gflops"]
+    gemm = results["machine"].get("gemm") or {"fp32": results["machine"]["gemm_gflops"]}
     for stage in ("identitynet", "unet", "decode"):
         cells = []
         for run in runs:
             flops, value = run.get("flops", {}).get(stage), _seconds(run, stage)
-            cells.append(
-                "-" if not flops or not value else f"{flops / value / 1e9:.0f} ({flops / value / 1e9 / peak:.0%})"
-            )
+            # int8 packages run int8 MatMuls in IdentityNet and the UNet; the VAE stays fp32 in every package
+            int8 = run["config"]["precision"] == "int8" and stage != "decode" and gemm.get("onnxruntime_int8")
+            peak = gemm["onnxruntime_int8"] if int8 else gemm["fp32"]
+            rate = flops / value / 1e9 if flops and value else None
+            cells.append("-" if rate is None else f"{rate:.0f} ({rate / peak:.0%}{' of int8' if int8 else ''})")
         lines.append(f"| {stage} GFLOP/s (of GEMM peak) | {' | '.join(cells)} |")
+    lines.append(
+        "\nGEMM peak (n=4096, GFLOP/s; int8 in GOP/s): "
+        + ", ".join(f"{name} {value:.0f}" for name, value in gemm.items())
+        + ". FLOPs are counted from the fp32 ONNX graphs at the benchmark shapes (batch 2 with CFG)."
+    )
     failed = [r for r in results["runs"] if "error" in r]
     for run in failed:
         lines.append(f"\n{run['config']['name']}: failed: {run['error']}")

@@ -173,8 +173,10 @@ def run_bench(request: BenchRequest, log=print) -> dict:
                                       package=str(packages[precision]), **base))  # fmt: skip
     results = {"request": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()},
                "machine": machine(), "versions": _versions(), "runs": []}  # fmt: skip
-    results["machine"]["gemm_gflops"] = _in_process({"kind": "gemm"}, request.threads).get("gemm_gflops", 0.0)
-    log(f"GEMM peak: {results['machine']['gemm_gflops']:.0f} GFLOP/s")
+    peaks = _in_process({"kind": "gemm", "threads": request.threads}, request.threads).get("gemm", {})
+    results["machine"]["gemm"] = peaks
+    results["machine"]["gemm_gflops"] = peaks.get("fp32", 0.0)
+    log("GEMM peak: " + ", ".join(f"{name} {value:.0f}" for name, value in peaks.items()) + " GFLOP/s")
     batch = 2 if request.guidance > 1 else 1
     fp32 = packages.get("fp32")
     flops = (

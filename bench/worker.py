@@ -15,9 +15,9 @@ def main(config_path: str, result_path: str) -> None:
 
     raw = json.loads(Path(config_path).read_text())
     if raw.get("kind") == "gemm":
-        from .gemm import gemm_gflops
+        from .gemm import gemm_peaks
 
-        result = {"gemm_gflops": gemm_gflops()}
+        result = {"gemm": gemm_peaks(raw.get("threads"))}
     else:
         config = Config(**raw)
         result = time_torch(config) if config.backend == "torch" else time_runtime(config)
