@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..runtime.cli_options import memory_option
+
 
 def _list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
@@ -29,13 +31,7 @@ def _list(text: str) -> tuple[str, ...]:
 @click.option("--repeat", type=int, default=3, show_default=True, help="Steady-state runs per stage (after a warm-up).")
 @click.option("--threads", type=int, help="Threads for every backend (default: each backend's choice).")
 @click.option("--face-models", type=click.Path(path_type=Path), help="Face pack folder.")
-@click.option(
-    "--memory",
-    type=click.Choice(["auto", "normal", "low", "minimal"]),
-    default="auto",
-    show_default=True,
-    help="Memory mode of the runtime configurations (see generate --help).",
-)
+@memory_option("Memory mode of the runtime configurations (see generate --help).")
 @click.option("--int8-method", type=click.Choice(["weights", "hybrid", "full"]), default="weights", show_default=True)
 def bench(out, preset, checkpoint, packages, height, width, steps, guidance, backends, precisions, repeat, threads,
           face_models, memory, int8_method):  # fmt: skip

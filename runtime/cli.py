@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .cli_options import generation_options, settings_from_options
+from .cli_options import generation_options, memory_option, settings_from_options
 from .errors import PackageError
 from .settings import SAMPLER_NAMES, SPACINGS
 
@@ -73,13 +73,7 @@ def timing_table(timings: dict, wall: float) -> str:
     show_default=True,
     help="OpenVINO inference precision (bf16 only where the CPU has it).",
 )
-@click.option(
-    "--memory",
-    type=click.Choice(["auto", "normal", "low", "minimal"]),
-    default="auto",
-    show_default=True,
-    help="low: close each graph after its stage; minimal: also one denoiser graph at a time (slow).",
-)
+@memory_option("low: close each graph after its stage; minimal: also one denoiser graph at a time (slow).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and timings as JSON.")
 def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision, memory, as_json, **options):
     """Generate an identity-preserving portrait from a face photo and a prompt, without PyTorch.

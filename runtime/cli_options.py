@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from .errors import ConfigError
+from .memory import MEMORY_MODES
 from .settings import GenerationSettings
 
 _OPTIONS = [
@@ -32,6 +33,10 @@ _OPTIONS = [
     click.option("--latents", type=click.Path(path_type=Path), help="Initial unit noise (.npy) instead of --seed."),
     click.option("--save-latents", type=click.Path(path_type=Path), help="Write the final latents (.npy)."),
 ]
+
+
+def memory_option(help_text: str):
+    return click.option("--memory", type=click.Choice(MEMORY_MODES), default="auto", show_default=True, help=help_text)
 
 
 def generation_options(command):

@@ -15,6 +15,7 @@ import resource
 import threading
 from dataclasses import dataclass
 
+MEMORY_MODES = ("auto", "normal", "low", "minimal")  # see InstantIDPipeline
 _FIELDS = ("RssAnon", "RssFile", "VmRSS")
 
 

@@ -21,6 +21,7 @@ from .denoise import Conditioning, StageTimer, make_denoiser
 from .errors import ConfigError, FaceModelError
 from .face import FaceAnalyzer, FaceConditioning, face_conditioning
 from .images import official_size
+from .memory import MEMORY_MODES
 from .package import ModelPackage, default_cache_dir
 from .sampling import sample
 from .session import SessionOptions
@@ -35,9 +36,6 @@ class GenerationResult:
     conditioning: FaceConditioning
     settings: GenerationSettings  # with the width and height actually used
     timings: dict = field(default_factory=dict)
-
-
-MEMORY_MODES = ("auto", "normal", "low", "minimal")
 
 
 def choose_memory_mode(package: ModelPackage) -> str:
