@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from .. import __version__
-from .files import atomic_path
+from ... import __version__
+from ..files import atomic_path
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 DISCLOSURE = (
