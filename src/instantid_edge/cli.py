@@ -37,6 +37,14 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "instantid_edge.runtime.cli:inspect",
         "Print a model package's manifest and verify its files.",
     ),
+    "mark": (
+        "instantid_edge.runtime.provenance.cli:mark",
+        "Add the invisible watermark and the AI label to any image (PNG, JPEG or WebP out).",
+    ),
+    "provenance": (
+        "instantid_edge.runtime.provenance.cli:provenance",
+        "Set up C2PA signing: `provenance init DIR` makes a local CA and a signing certificate.",
+    ),
     "quantize": (
         "instantid_edge.quantize.cli:quantize",
         "Make an int8 model package, calibrated on pipeline runs, with its fidelity measured.",
@@ -44,6 +52,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "reference": (
         "instantid_edge.export.cli:reference",
         "Generate a portrait with the PyTorch reference pipeline (needs torch).",
+    ),
+    "verify": (
+        "instantid_edge.runtime.provenance.cli:verify",
+        "Report each image's watermark, XMP label and C2PA state (exit 0 all marked, 2 any unmarked, 1 errors).",
     ),
 }
 
