@@ -150,7 +150,7 @@ def demo(out, face_models, work, backend, steps, size):
     result = pipe(inputs["face_rgb"], settings)
     record = {"generator": f"demo, runtime ({backend})", "settings": result.settings.to_dict(), "standin": True,
               "inputs": inputs["described"]}  # fmt: skip
-    save_png(out, result.images[0], record)
+    save_png(out, result.images[0], record, watermarked=result.watermarked)
     seconds = sum(v for k, v in result.timings.items() if k != "calls")
     click.echo(f"Wrote {out} ({size}x{size}, {steps} steps, {backend}) in {seconds:.1f} s of model time.", err=True)
 

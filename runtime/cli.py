@@ -11,6 +11,7 @@ import click
 
 from .cli_options import generation_options, memory_option, settings_from_options
 from .errors import PackageError
+from .provenance.cli import sign_option
 from .settings import SAMPLER_NAMES, SPACINGS
 
 
@@ -43,7 +44,7 @@ def output_paths(out: Path, count: int) -> list[Path]:
 def timing_table(timings: dict, wall: float) -> str:
     calls = timings.get("calls", {})
     rows = [f"{'stage':12s} {'seconds':>9s} {'calls':>6s}"]
-    for name in ("face", "image_proj", "text", "identitynet", "unet", "denoise", "decode"):
+    for name in ("face", "image_proj", "text", "identitynet", "unet", "denoise", "decode", "watermark"):
         if name in timings:
             rows.append(f"{name:12s} {timings[name]:9.3f} {calls.get(name, ''):>6}")
     rows.append(f"{'total':12s} {wall:9.3f}")
@@ -74,8 +75,9 @@ def timing_table(timings: dict, wall: float) -> str:
     help="OpenVINO inference precision (bf16 only where the CPU has it).",
 )
 @memory_option("low: close each graph after its stage; minimal: also one denoiser graph at a time (slow).")
+@sign_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result and timings as JSON.")
-def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision, memory, as_json, **options):
+def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision, memory, sign_dir, as_json, **options):
     """Generate an identity-preserving portrait from a face photo and a prompt, without PyTorch.
 
     \b
@@ -86,10 +88,12 @@ def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision
     from .files import save_npy
     from .images import load_rgb
     from .pipeline import InstantIDPipeline
-    from .provenance import save_png
+    from .provenance import write_output
+    from .provenance.credentials import configured_signer
 
     start = time.perf_counter()
     settings, inputs = settings_from_options(options)
+    signer = configured_signer(sign_dir)  # a bad signing set-up fails before models load
     face_rgb = load_rgb(inputs.face)  # cheap checks first: bad photos fail before models load
     pose_rgb = load_rgb(pose) if pose else None
     noise = inputs.load_latents()
@@ -116,7 +120,8 @@ def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision
     if inputs.save_latents:
         save_npy(inputs.save_latents, result.latents)
     for index, (path, image) in enumerate(zip(paths, result.images, strict=True)):
-        save_png(path, image, {**record, "image_index": index, "seed": settings.seed + index})
+        record_i = {**record, "image_index": index, "seed": settings.seed + index}
+        write_output(path, image, record_i, watermarked=result.watermarked, signer=signer)
     wall = time.perf_counter() - start
     summary = {"outputs": [str(p) for p in paths], "face": chosen, "load_seconds": round(load_seconds, 3),
                "timings": result.timings, "total_seconds": round(wall, 3)}  # fmt: skip

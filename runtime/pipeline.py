@@ -23,6 +23,7 @@ from .face import FaceAnalyzer, FaceConditioning, face_conditioning
 from .images import official_size
 from .memory import MEMORY_MODES
 from .package import ModelPackage, default_cache_dir
+from .provenance import watermark_image
 from .sampling import sample
 from .session import SessionOptions
 from .settings import GenerationSettings, time_ids
@@ -36,6 +37,7 @@ class GenerationResult:
     conditioning: FaceConditioning
     settings: GenerationSettings  # with the width and height actually used
     timings: dict = field(default_factory=dict)
+    watermarked: bool = False  # images carry the invisible watermark (provenance/)
 
 
 def choose_memory_mode(package: ModelPackage) -> str:
@@ -61,6 +63,8 @@ def choose_memory_mode(package: ModelPackage) -> str:
 
 
 class InstantIDPipeline:
+    watermark = True  # result images carry the invisible watermark; `pipe.watermark = False` opts out
+
     def __init__(self, package: ModelPackage, analyzer: FaceAnalyzer, memory: str = "normal"):
         """`memory`: "normal" keeps every graph open; "low" closes each graph once its stage is done (text
         encoders and image adapter after conditioning, the VAE after decoding), so the peak is the denoiser's
@@ -181,9 +185,10 @@ class InstantIDPipeline:
             latents.append(final)
             if self.memory != "normal":
                 self.package.release("identitynet", "unet")
-            images.append(timer.run("decode", decode, self.package, final))
+            image = timer.run("decode", decode, self.package, final)
+            images.append(timer.run("watermark", watermark_image, image, "runtime") if self.watermark else image)
             if self.memory != "normal":
                 self.package.release("vae_decoder")
         timings = {name: round(seconds, 4) for name, seconds in timer.seconds.items()}
         timings["calls"] = dict(timer.calls)
-        return GenerationResult(images, np.concatenate(latents), cond, settings, timings)
+        return GenerationResult(images, np.concatenate(latents), cond, settings, timings, self.watermark)

@@ -17,6 +17,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "instantid_edge.bench.cli:bench",
         "Time every stage of every backend and precision beside PyTorch; results.json, a table and a chart.",
     ),
+    "bench-watermark": (
+        "instantid_edge.bench.watermark:bench_watermark",
+        "Measure the watermark: detection under JPEG/resize/crop, false positives, PSNR, embed/detect time.",
+    ),
     "demo": (
         "instantid_edge.export.cli:demo",
         "Run the main job once on embedded defaults: a tiny random-weight stand-in, exported, then generated.",
