@@ -15,7 +15,7 @@ FORBIDDEN = ("torch", "diffusers", "transformers", "safetensors", "accelerate", 
 
 def test_runtime_sources_import_no_torch_stack():
     offenders = []
-    for path in Path(runtime_package.__file__).parent.glob("*.py"):
+    for path in Path(runtime_package.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):
@@ -27,7 +27,7 @@ def test_runtime_sources_import_no_torch_stack():
 
 
 def test_importing_the_runtime_and_the_cli_loads_no_torch():
-    modules = [f"instantid_edge.runtime.{m.name}" for m in pkgutil.iter_modules(runtime_package.__path__)]
+    modules = [m.name for m in pkgutil.walk_packages(runtime_package.__path__, "instantid_edge.runtime.")]
     code = (
         "import importlib, sys\n"
         f"for name in {modules + ['instantid_edge.cli']!r}: importlib.import_module(name)\n"

@@ -211,6 +211,38 @@ def test_cli_writes_a_labelled_png_and_the_final_latents(tmp_path, tiny_standin,
     assert (np.asarray(Image.open(again)) == np.asarray(Image.open(out))).all()
 
 
+def test_cli_output_carries_watermark_and_label(tmp_path, tiny_standin, astronaut, face_pack):
+    from instantid_edge.runtime.provenance.verify import verify_file
+
+    out = tmp_path / "out.png"
+    size = ["--height", 512, "--width", 512, "--steps", 1]  # big enough for the watermark to be found reliably
+    assert _run(_common(tiny_standin, astronaut, face_pack, out) + size).exit_code == 0
+    report = verify_file(out)
+    assert report.watermark.detected and report.watermark.payload.generator_name == "reference", report.summary()
+    assert report.label.ai_generated
+
+
+def test_demo_output_carries_watermark_and_label(tmp_path, tiny_standin, tiny_package, face_pack):
+    from click.testing import CliRunner
+
+    from instantid_edge.cli import cli
+    from instantid_edge.runtime.provenance.verify import verify_file
+
+    work = tmp_path / "work"  # the demo's cache, filled with the session's stand-in and package
+    work.mkdir()
+    (work / "standin-tiny-128").symlink_to(tiny_standin)
+    (work / "package-tiny-128").symlink_to(tiny_package)
+    out = tmp_path / "demo.png"
+    args = ["demo", "--out", out, "--work", work, "--face-models", face_pack, "--steps", 1, "--size", 512]
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    report = verify_file(out)
+    # the pipeline marked the pixels, so the payload names the runtime; the label names the demo
+    assert report.watermark.detected and report.watermark.payload.generator_name == "runtime", report.summary()
+    assert report.label.record["generator"].startswith("demo")
+    assert report.label.ai_generated
+
+
 def _assert_refused(result, out, *fragments):
     assert result.exit_code == 1, result.output
     for fragment in fragments:

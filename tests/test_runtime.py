@@ -167,6 +167,38 @@ def test_cli_writes_labelled_pngs_latents_and_timings(tmp_path, runtime_package,
     assert any((tmp_path / "c").iterdir())  # the OpenVINO compiled-model cache was filled
 
 
+def test_cli_output_carries_watermark_and_label(tmp_path, runtime_package, face_pack, astronaut):
+    """(With a signer, C2PA too: tests/test_c2pa.py.)"""
+    from instantid_edge.runtime.provenance.verify import verify_file
+
+    out = tmp_path / "portrait.png"  # 512: smaller outputs carry too few tiles of the pattern to be found reliably
+    result = _generate(runtime_package, face_pack, astronaut, out, "--height", 512, "--width", 512, "--steps", 1)
+    assert result.exit_code == 0, result.output
+    report = verify_file(out)
+    assert report.watermark.detected and report.watermark.payload.generator_name == "runtime", report.summary()
+    assert report.label.ai_generated and report.label.record["generator"] == "runtime (onnxruntime)"
+    assert report.credentials.state == "absent"
+
+
+def test_api_images_carry_the_watermark_unless_opted_out(pipelines, face_rgb):
+    from instantid_edge.runtime.provenance.watermark import detect
+
+    pipe = pipelines["onnxruntime"]
+    settings = _settings(height=512, width=512, steps=1, seed=5)
+    marked = pipe(face_rgb, settings)
+    pipe.watermark = False
+    try:
+        plain = pipe(face_rgb, settings)
+    finally:
+        del pipe.watermark  # back to the class default
+    assert marked.watermarked and not plain.watermarked and "watermark" in marked.timings
+    found = detect(marked.images[0])
+    assert found.detected and found.payload.generator_name == "runtime"
+    assert not detect(plain.images[0]).detected
+    mse = np.mean((marked.images[0].astype(np.float64) - plain.images[0]) ** 2)
+    assert 10 * np.log10(255**2 / mse) >= 40
+
+
 def _refused(result, out, *fragments):
     assert result.exit_code == 1, result.output
     for fragment in fragments:

@@ -12,6 +12,7 @@ Coding, all textbook and all numpy:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,8 +51,8 @@ class Payload:
     @classmethod
     def for_generator(cls, name: str, tag: int = 0) -> Payload:
         """`name` as written in an output record ("runtime (openvino)", "reference (PyTorch)", ...)."""
-        first = name.split(" ", 1)[0].strip().lower() if name else "unknown"
-        return cls(generator=GENERATOR_IDS.get(first, 0), tag=tag)
+        first = re.match(r"\s*([a-z]*)", name.lower() if name else "")
+        return cls(generator=GENERATOR_IDS.get(first.group(1), 0), tag=tag)
 
     @property
     def generator_name(self) -> str:

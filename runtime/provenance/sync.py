@@ -1,14 +1,17 @@
 """Finding the watermark's tile again after resizing and cropping: period estimation, resampling, folding.
 
 The pattern repeats every TILE pixels (times the embedding scale), so a marked image is periodic beneath its
-content. Its autocorrelation therefore peaks at every multiple of the period, wherever the image was cropped,
-and those peaks move with any resize: this self-reference recovers the scale without knowing the original size
-(M. Kutter, "Watermarking resisting to translation, rotation, and scaling", Proc. SPIE 3528, 1998; the periodic
-tiling of T. Kalker, G. Depovere, J. Haitsma, M. Maes, "A video watermarking system for broadcast monitoring",
-Proc. SPIE 3657, 1999). The autocorrelation is computed along each axis with FFTs, after the image's own
-structure is flattened by local contrast normalisation, and a comb over the multiples of a candidate period scores
-it, which gives the horizontal and vertical periods separately (so a resize that changes the aspect ratio a little
-is found too).
+content. That self-reference recovers the scale without knowing the original size (M. Kutter, "Watermarking
+resisting to translation, rotation, and scaling", Proc. SPIE 3528, 1998, who reads it from the autocorrelation;
+the periodic tiling of T. Kalker, G. Depovere, J. Haitsma, M. Maes, "A video watermarking system for broadcast
+monitoring", Proc. SPIE 3657, 1999). We read it in the frequency domain instead, where a periodic pattern is a
+lattice of spectral peaks (as the templates of S. Pereira, T. Pun, "Robust template matching for affine resistant
+image watermarks", IEEE Trans. Image Process. 9(6), 2000): the power spectrum of the windowed, contrast-
+normalised image, divided by its local mean, is about 1 for image content and much larger on the pattern's lines,
+and the mean of that ratio over the lattice the pattern would have at a candidate period scores the candidate.
+Cropping does not move the lattice; resizing scales it. A coarse search over one common period, then a fine one
+over the horizontal and vertical periods apart (so a resize that rounds the aspect ratio is matched too), with
+bilinear reads between frequency bins for sub-bin precision.
 
 With the periods known, the image is resampled so that one period is TILE pixels again and folded: all tiles are
 averaged into one TILE x TILE block, which adds the watermark coherently and the image incoherently (Kalker et
