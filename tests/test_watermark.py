@@ -157,5 +157,5 @@ def test_payload_fields_are_range_checked_and_named():
 
 
 def test_false_positive_bound_is_small_at_the_threshold():
-    assert false_positive_bound() < 1e-4
+    assert false_positive_bound() < 1e-5
     assert false_positive_bound(THRESHOLD_Z + 1) < false_positive_bound() / 100

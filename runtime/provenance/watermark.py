@@ -30,7 +30,7 @@ MASKING_VARIANCE = 36.0  # local variance (grey levels^2) at which the texture m
 REFERENCE_SIDE = 1024  # images with a short side above this get a proportionally larger pattern
 
 # Detection threshold on the pilot's z-score, see false_positive_bound().
-THRESHOLD_Z = 6.0
+THRESHOLD_Z = 6.5
 # Periods searched: the best few pairs from the autocorrelation, and the unresized embedding scale.
 PERIOD_CANDIDATES = 3
 
