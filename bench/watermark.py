@@ -207,12 +207,14 @@ def run(package: Path | None, face_models: Path | None, repeat: int, log) -> dic
     table = {}
     for attack, rows in robustness.items():
         scores = [r[3] for r in rows]
+        generated = [r[3] for r in rows if r[0].startswith("generated")]
         table[attack] = {
             "images": len(rows),
             "detected": sum(r[1] for r in rows) / len(rows),
             "payload_exact": sum(r[2] for r in rows) / len(rows),
             "score_min": round(min(scores), 2),
             "score_median": round(statistics.median(scores), 2),
+            "score_min_generated": round(min(generated), 2) if generated else None,
             "missed": [r[0] for r in rows if not r[1]],
         }
     generated_psnr = [p for (name, _), p in zip(images, psnrs, strict=True) if name.startswith("generated")]
@@ -239,12 +241,12 @@ def markdown(results: dict) -> str:
         f"Marked images: {results['marked_images']} ({results['natural_photos']} natural photos, "
         f"{results['generated_outputs']} generated outputs). Threshold z >= {results['threshold_z']}.",
         "",
-        "| attack | detected | payload exact | min score | median score |",
-        "|---|---|---|---|---|",
+        "| attack | detected | payload exact | min score | median score | min score, generated |",
+        "|---|---|---|---|---|---|",
     ]
     for attack, row in results["robustness"].items():
         lines.append(f"| {attack} | {row['detected']:.1%} ({row['images']}) | {row['payload_exact']:.1%} | "
-                     f"{row['score_min']} | {row['score_median']} |")  # fmt: skip
+                     f"{row['score_min']} | {row['score_median']} | {row['score_min_generated']} |")  # fmt: skip
     timing_1024, timing_768 = results["timing_1024"], results["timing_768"]
     lines += [
         "",

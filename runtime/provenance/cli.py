@@ -27,7 +27,7 @@ key_option = click.option(
 @sign_option
 @key_option
 def mark(source, out, sign_dir, key):
-    """Watermark and label any image (for post-processed outputs, or to try the watermark on real photos).
+    """Watermark any image and label it AI-generated (for post-processed outputs, or to try the watermark).
 
     \b
     OUT's suffix picks the format: .png, .jpg/.jpeg or .webp. An image that already carries the watermark is

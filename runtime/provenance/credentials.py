@@ -57,6 +57,7 @@ class SigningIdentity:
             raise ConfigError(
                 f"signing folder {folder} lacks {', '.join(missing)}; make one with: instantid-edge provenance init DIR"
             )
+        _c2pa()  # a missing extra fails here, before any image is generated
         chain = cert.read_bytes()
         check_signing_chain(chain, str(cert))
         return cls(chain, key.read_bytes(), folder)
