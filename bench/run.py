@@ -50,20 +50,13 @@ def cache_dir() -> Path:
 
 
 def machine() -> dict:
-    flags = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8"]
+    from ..runtime.cpu import cpu_info
+
+    cpu = cpu_info()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
-    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(memory, 1) if memory else None,
-            "isa": [f for f in wanted if f in flags], "python": platform.python_version()}  # fmt: skip
+    return {"cpu": cpu.model, "cores": os.cpu_count(), "memory_gib": round(memory, 1) if memory else None,
+            "isa": cpu.isa, "saturation_free_int8": cpu.saturation_free_int8,
+            "python": platform.python_version()}  # fmt: skip
 
 
 def _versions() -> dict:

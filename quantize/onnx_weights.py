@@ -2,6 +2,9 @@
 
 MatMuls with a constant 2-D weight become dynamic int8 (ONNX Runtime's fastest path on AVX2/AVX-512 CPUs):
     y = MatMul(x, W)  ->  DynamicQuantizeLinear(x) -> MatMulInteger(x_q, W_q, x_zp) -> Cast -> Mul(x_s * W_s)
+Their weights use only -64..64 (runtime/cpu.py: full-range int8 saturates the u8 x s8 kernel of CPUs without
+VNNI). That keeps the fast u8 x s8 kernel on every x86 CPU; uint8 weights (the exact u8 x u8 kernel) ran 2.5x
+slower here with VNNI and 15-20% slower on AVX2 (bench/RESULTS.md, "int8 on CPUs without VNNI").
 Convolutions keep float compute with int8 weights: W = DequantizeLinear(W_q, W_s, axis=0) feeds the Conv.
 Embedding tables (Gather) stay int8 in memory: rows are gathered as int8, then scaled by their row's scale.
 Weights are symmetric int8, one scale per output channel. onnxruntime.quantization does the same rewrite
@@ -16,15 +19,19 @@ from pathlib import Path
 import numpy as np
 
 from ..export.onnx_files import ALIGNMENT
+from ..runtime.cpu import SAFE_INT8_WEIGHT
+
+FULL_RANGE = 127  # weights dequantized to float before use (Conv, Gather): no integer kernel sees them
 
 
-def _symmetric_int8(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+def symmetric_int8(weight: np.ndarray, axis: int, limit: int = FULL_RANGE) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8 in -limit..limit along `axis`: (quantized, scale)."""
     reduce = tuple(i for i in range(weight.ndim) if i != axis)
-    scale = np.abs(weight).max(axis=reduce) / 127.0
+    scale = np.abs(weight).max(axis=reduce) / float(limit)
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
     shape = [1] * weight.ndim
     shape[axis] = -1
-    quantized = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+    quantized = np.clip(np.round(weight / scale.reshape(shape)), -limit, limit).astype(np.int8)
     return quantized, scale
 
 
@@ -122,8 +129,14 @@ def _dequantized_weight(node, weight: str) -> list:
     return [dequantize, node]
 
 
-def quantize_weights(source: Path, target: Path, keep_float: list[str]) -> dict[str, int]:
-    """Rewrite `source` as `target` (+ target.data) with int8 weights; returns counts of rewritten layers."""
+def quantize_weights(
+    source: Path, target: Path, keep_float: list[str], matmul_limit: int = SAFE_INT8_WEIGHT
+) -> dict[str, int]:
+    """Rewrite `source` as `target` (+ target.data) with int8 weights; returns counts of rewritten layers.
+
+    `matmul_limit` bounds the integer MatMuls' weights; anything above SAFE_INT8_WEIGHT is exact only on CPUs
+    with VNNI (a parameter so that bench and tests can measure what the bound costs).
+    """
     import onnx
     from onnx import TensorProto
 
@@ -145,15 +158,15 @@ def quantize_weights(source: Path, target: Path, keep_float: list[str]) -> dict[
                 and not any(re.fullmatch(p, node.name) for p in keep_float)
             )  # fmt: skip
             if eligible and node.op_type == "MatMul" and len(weight.dims) == 2:
-                w_q, w_scale = _symmetric_int8(store.read(weight), axis=1)
+                w_q, w_scale = symmetric_int8(store.read(weight), axis=1, limit=matmul_limit)
                 new_initializers += [store.write(name + "_int8", w_q), store.write(name + "_scale", w_scale)]
                 new_nodes += _dynamic_matmul(node, name, node.name or name)
             elif eligible and node.op_type == "Gather" and len(weight.dims) == 2 and _axis(node) == 0:
-                w_q, w_scale = _symmetric_int8(store.read(weight), axis=0)
+                w_q, w_scale = symmetric_int8(store.read(weight), axis=0)
                 new_initializers += [store.write(name + "_int8", w_q), store.write(name + "_scale", w_scale)]
                 new_nodes += _int8_gather(node, name, node.name or name)
             elif eligible and node.op_type == "Conv":
-                w_q, w_scale = _symmetric_int8(store.read(weight), axis=0)
+                w_q, w_scale = symmetric_int8(store.read(weight), axis=0)
                 zero = np.zeros_like(w_scale, dtype=np.int8)
                 new_initializers += [store.write(name + suffix, array) for suffix, array in
                                      (("_int8", w_q), ("_scale", w_scale), ("_zero", zero))]  # fmt: skip

@@ -1,4 +1,8 @@
-"""int8 OpenVINO IR with NNCF: weight compression, hybrid, or full post-training quantization."""
+"""int8 OpenVINO IR with NNCF: weight compression, hybrid, or full post-training quantization.
+
+Calibrated (integer) layers get NNCF's overflow fix in every layer, not only the first (its default): weights
+in half the int8 range, so the u8 x s8 kernels of CPUs without VNNI cannot saturate (runtime/cpu.py).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,16 @@ def quantize_openvino(
 ) -> None:
     import nncf
     import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        OverflowFix,
+    )
 
     model = ov.Core().read_model(str(source_xml))
     keep = nncf.IgnoredScope(patterns=keep_float, validate=False) if keep_float else None
-    no_smooth_quant = AdvancedQuantizationParameters(
-        smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)
+    calibrated = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1), overflow_fix=OverflowFix.ENABLE
     )
     if action == "weights":
         model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=keep)
@@ -24,14 +32,14 @@ def quantize_openvino(
         # (Activations of the attention and feed-forward MatMuls are as large as their weights.)
         skip = nncf.IgnoredScope(types=["MatMul", "Gather"], patterns=keep_float, validate=False)
         model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), ignored_scope=skip,
-                              model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=no_smooth_quant)  # fmt: skip
+                              model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=calibrated)  # fmt: skip
         model = nncf.compress_weights(
             model, mode=nncf.CompressWeightsMode.INT8_ASYM,
             ignored_scope=nncf.IgnoredScope(types=["Convolution"], patterns=keep_float, validate=False),
         )  # fmt: skip
     elif action == "full":
         model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), ignored_scope=keep,
-                              model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=no_smooth_quant)  # fmt: skip
+                              model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=calibrated)  # fmt: skip
     else:
         raise ValueError(action)
     ov.save_model(model, str(target_xml), compress_to_fp16=False)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..runtime.cpu import cpu_info
 from ..runtime.errors import ConfigError
 from ..runtime.files import atomic_folder, require_new_folder
 from ..runtime.manifest import MANIFEST, GraphInfo, file_entry, read_manifest, sha256_of
@@ -25,6 +26,7 @@ from ..runtime.session import SessionOptions, open_session
 from ..runtime.settings import GenerationSettings
 from .calibrate import Recording, calibration_faces, calibration_prompts, record
 from .fidelity import end_to_end, graph_fidelity
+from .integer_kernels import integer_kernel_record
 from .policy import KEEP_FLOAT, policy_for
 
 BACKEND_OF = {"onnx": "onnxruntime", "openvino": "openvino"}
@@ -82,7 +84,7 @@ def _quantize_graph(name, action, graph: GraphInfo, source: Path, work: Path, sa
 
     _quiet_tools()
     keep = KEEP_FLOAT.get(name, [])
-    files = {}
+    files, kernels = {}, {}
     for fmt, entries in graph.files.items():
         for entry in entries:  # drop the links to the fp32 files before writing new ones
             (work / entry["path"]).unlink()
@@ -98,12 +100,14 @@ def _quantize_graph(name, action, graph: GraphInfo, source: Path, work: Path, sa
             quantize_openvino(source / entries[0]["path"], target, action, samples, keep)
             written = [target, target.with_suffix(".bin")]
         files[fmt] = [file_entry(work, p) for p in written]
+        kernels[fmt] = integer_kernel_record(fmt, target)
         log(f"{name}: {fmt} {action} int8 in {time.perf_counter() - clock:.1f} s")
     quantization = {
         "action": action,
         "keep_float": keep,
         "calibration_samples": len(samples) if action != "weights" else 0,
         "tools": {"onnx": "onnxruntime.quantization", "openvino": "nncf"},
+        "integer_kernels": kernels,
     }
     return replace(
         graph, precision="int8" if action != "fp32" else graph.precision, files=files, quantization=quantization
@@ -164,6 +168,7 @@ def _quantize(request: QuantizeRequest, log) -> dict:
         data["graphs"] = {name: graph.to_dict() for name, graph in graphs.items()}
         data["quantization"] = {
             "method": request.method,
+            "measured_on": cpu_info().to_dict(),
             "policy": policy,
             "source_package": {"path": str(request.package), "manifest_sha256": sha256_of(request.package / MANIFEST)},
             "calibration": {

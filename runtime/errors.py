@@ -39,3 +39,7 @@ class NumericalError(InstantIDError):
 
 class ExportError(InstantIDError):
     """An export or quantization produced graphs that disagree with PyTorch beyond tolerance."""
+
+
+class InstantIDWarning(UserWarning):
+    """Something the user should know that does not stop the run; the CLI prints it as one `warning:` line."""

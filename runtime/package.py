@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .cpu import IntegerKernelWarning, package_cpu_warning
 from .errors import ConfigError, PackageError
 from .manifest import GRAPH_NAMES, Manifest, read_manifest
 from .session import FORMAT_OF, Session, SessionOptions, open_session
 
 REQUIRED_GRAPHS = tuple(name for name in GRAPH_NAMES if name != "vae_encoder")
+_WARNED: set[tuple[str, str]] = set()  # (package, format) already warned about in this process
 
 
 def default_cache_dir() -> Path:
@@ -33,6 +36,7 @@ class ModelPackage:
                 f"the package at {root} has no {fmt} files for {', '.join(lacking)}; choose --backend "
                 f"{'openvino' if fmt == 'onnx' else 'onnxruntime'} or re-export with --format both"
             )
+        self._warn_about_integer_kernels(fmt)
         constant = self.manifest.data["constants"]["uncond_image_tokens"]
         path = self.root / constant["file"]
         if not path.is_file():
@@ -40,6 +44,13 @@ class ModelPackage:
         self.uncond_image_tokens = np.load(path).astype(np.float32)
         self.scheduler_config = json.loads((self.root / self.manifest.data["scheduler"]).read_text())
         self._sessions: dict[str, Session] = {}
+
+    def _warn_about_integer_kernels(self, fmt: str) -> None:
+        key = (str(self.root.resolve()), fmt)
+        message = package_cpu_warning(self.manifest.data, fmt)
+        if message and key not in _WARNED:
+            _WARNED.add(key)
+            warnings.warn(message, IntegerKernelWarning, stacklevel=3)
 
     @property
     def architecture(self) -> dict:

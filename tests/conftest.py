@@ -86,3 +86,25 @@ def runtime_package(request) -> Path:
     if not HAS_TORCH:
         pytest.skip(f"no model package: set {PACKAGE_ENV} to a tiny package exported with the export extra")
     return request.getfixturevalue("tiny_package")
+
+
+def _int8_package(tmp_path_factory, package: Path, face_pack: Path, method: str) -> Path:
+    pytest.importorskip("nncf", reason="quantizing needs NNCF: pip install '.[quantize]'")
+    from instantid_edge.quantize.package import QuantizeRequest, quantize_package
+
+    out = tmp_path_factory.mktemp(f"int8-{method}") / "pkg"
+    request = QuantizeRequest(package, out, method=method, samples=4, calibration_size=128, face_models=face_pack)
+    quantize_package(request, log=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def weights_package(tmp_path_factory, runtime_package, face_pack) -> Path:
+    """The tiny package quantized with `--method weights` (both formats)."""
+    return _int8_package(tmp_path_factory, runtime_package, face_pack, "weights")
+
+
+@pytest.fixture(scope="session")
+def hybrid_package(tmp_path_factory, runtime_package, face_pack) -> Path:
+    """The tiny package quantized with `--method hybrid`: calibrated integer convolutions in both formats."""
+    return _int8_package(tmp_path_factory, runtime_package, face_pack, "hybrid")

@@ -14,27 +14,8 @@ from instantid_edge.runtime.settings import GenerationSettings  # noqa: E402
 
 # Bounds on the tiny random-weight stand-in (int8 error on real weights is smaller: random weights use the
 # whole int8 range evenly). Image PSNR against the fp32 package, same seed and settings.
-BOUNDS = {"weights": {"cosine": 0.999, "image_psnr_db": 40.0}, "hybrid": {"cosine": 0.98, "image_psnr_db": 25.0}}
+BOUNDS = {"weights": {"cosine": 0.9995, "image_psnr_db": 45.0}, "hybrid": {"cosine": 0.98, "image_psnr_db": 25.0}}
 QUANTIZED = ("text_encoder", "text_encoder_2", "identitynet", "unet")
-
-
-def _quantize(tmp_path_factory, package, face_pack, method):
-    from instantid_edge.quantize.package import QuantizeRequest, quantize_package
-
-    out = tmp_path_factory.mktemp(f"int8-{method}") / "pkg"
-    request = QuantizeRequest(package, out, method=method, samples=4, calibration_size=128, face_models=face_pack)
-    quantize_package(request, log=lambda line: None)
-    return out
-
-
-@pytest.fixture(scope="module")
-def weights_package(tmp_path_factory, runtime_package, face_pack):
-    return _quantize(tmp_path_factory, runtime_package, face_pack, "weights")
-
-
-@pytest.fixture(scope="module")
-def hybrid_package(tmp_path_factory, runtime_package, face_pack):
-    return _quantize(tmp_path_factory, runtime_package, face_pack, "hybrid")
 
 
 def _bytes(package, graph, fmt):
@@ -86,6 +67,11 @@ def test_manifest_records_method_policy_calibration_and_fidelity(hybrid_package)
     assert manifest.graph("unet").precision == "int8" and manifest.graph("vae_decoder").precision == "fp32"
     assert manifest.graph("identitynet").quantization["keep_float"]  # its first convolutions stay float
     assert len(record["source_package"]["manifest_sha256"]) == 64
+    assert record["measured_on"]["cpu"] and "saturation_free_int8" in record["measured_on"]
+    kernels = manifest.graph("unet").quantization["integer_kernels"]
+    assert set(kernels) == {"onnx", "openvino"} and all(
+        k["count"] > 0 and k["saturation_free"] for k in kernels.values()
+    )
     assert not verify_files(manifest)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import click
 
@@ -98,6 +99,18 @@ class LazyGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    from instantid_edge.runtime.errors import InstantIDWarning
+
+    if issubclass(category, InstantIDWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
+_default_show_warning = warnings.showwarning
+
+
 @click.group(cls=LazyGroup)
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @click.version_option(package_name="instantid-edge")
@@ -106,6 +119,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """InstantID on CPUs: stand-ins, export, a torch-free runtime, int8 and benchmarks."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    warnings.showwarning = _show_warning
 
 
 if __name__ == "__main__":  # pragma: no cover
