@@ -39,13 +39,13 @@ CASES = {
         "normal",
         {"sampler": "euler", "timestep_spacing": "trailing", "seed": 5},
         None,
-    ),  # fmt: skip
+    ),
     "ort-dpmpp-karras-trailing": (
         "onnxruntime",
         "normal",
         {"sampler": "dpmpp_2m", "karras": True, "timestep_spacing": "trailing", "seed": 6},
         None,
-    ),  # fmt: skip
+    ),
     "ort-minimal-window-negative": (
         "onnxruntime",
         "minimal",
@@ -59,7 +59,7 @@ CASES = {
             "seed": 7,
         },
         None,
-    ),  # fmt: skip
+    ),
     "ort-low-two-images": ("onnxruntime", "low", {"sampler": "euler_ancestral", "num_images": 2, "seed": 10}, None),
     "ort-pose": ("onnxruntime", "normal", {"seed": 8}, "grace_hopper.jpg"),
     "ov-euler-cfg": ("openvino", "normal", {"sampler": "euler", "guidance": 5.0, "seed": 1}, None),
