@@ -12,7 +12,7 @@ import click
 from .cli_options import generation_options, memory_option, settings_from_options
 from .errors import PackageError
 from .provenance.cli import sign_option
-from .settings import SAMPLER_NAMES, SPACINGS
+from .sampling import SAMPLER_NAMES, SPACINGS
 
 
 @click.command()

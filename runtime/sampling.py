@@ -1,11 +1,14 @@
 """Schedules and samplers as small numpy functions: the denoising loop without torch.
 
-A sampler takes `eps(model_input, t, step)` (the UNet's noise prediction for what diffusers would feed it at
-that step), the initial unit noise, a schedule and an explicit numpy Generator, and returns the final
-latents. Each follows its diffusers scheduler step for step (tests compare every step):
-`euler` (EulerDiscreteScheduler, the SDXL default), `euler_ancestral`, `dpmpp_2m` (DPMSolverMultistep,
-dpmsolver++ order 2) and `lcm` (LCMScheduler). Timestep spacing `leading` or `trailing`; Karras sigmas for
-euler and dpmpp_2m.
+A sampler takes a `NoisePredictor` `eps(model_input, t, step)` (the UNet's noise prediction for what diffusers
+would feed it at that step), the starting latents, a `Schedule` and an explicit numpy Generator, and returns the
+final latents. Each follows its diffusers scheduler step for step (tests/test_sampling.py compares every step
+with recorded diffusers trajectories): `euler` (EulerDiscreteScheduler, the SDXL default), `euler_ancestral`,
+`dpmpp_2m` (DPMSolverMultistep, dpmsolver++ order 2) and `lcm` (LCMScheduler).
+
+Public surface: `SAMPLERS` (name -> `Sampler`: its function, its schedule, and whether it takes Karras sigmas
+and a timestep spacing), `sampler_for` (the one check of a sampler name and its options), `make_schedule`,
+`sample`. A new sampler is one function plus one `Sampler` entry.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import numpy as np
 
 from .errors import ConfigError
 
-Denoiser = Callable[[np.ndarray, float, int], np.ndarray]
+# eps(model_input, t, step) -> the predicted noise (epsilon), not the denoised latents k-diffusion's "denoiser"
+# returns
+NoisePredictor = Callable[[np.ndarray, float, int], np.ndarray]
+SPACINGS = ("leading", "trailing")
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,7 @@ def lcm_schedule(config: dict, steps: int, original_steps: int = 50) -> Schedule
     return Schedule(timesteps.astype(np.float32), np.zeros(steps + 1, np.float32), 1.0, alphas_cumprod(config))
 
 
-def euler(eps: Denoiser, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None) -> np.ndarray:
+def euler(eps: NoisePredictor, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None) -> np.ndarray:
     for i, t in enumerate(s.timesteps):
         sigma, sigma_next = s.sigmas[i], s.sigmas[i + 1]
         noise = eps(x / np.float32((sigma**2 + 1) ** 0.5), float(t), i)
@@ -122,7 +128,9 @@ def euler(eps: Denoiser, x: np.ndarray, s: Schedule, rng: np.random.Generator, c
     return x
 
 
-def euler_ancestral(eps: Denoiser, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None) -> np.ndarray:
+def euler_ancestral(
+    eps: NoisePredictor, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None
+) -> np.ndarray:
     for i, t in enumerate(s.timesteps):
         sigma, sigma_next = s.sigmas[i], s.sigmas[i + 1]
         noise = eps(x / np.float32((sigma**2 + 1) ** 0.5), float(t), i)
@@ -136,7 +144,7 @@ def euler_ancestral(eps: Denoiser, x: np.ndarray, s: Schedule, rng: np.random.Ge
     return x
 
 
-def dpmpp_2m(eps: Denoiser, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None) -> np.ndarray:
+def dpmpp_2m(eps: NoisePredictor, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None) -> np.ndarray:
     """DPM-Solver++(2M), midpoint; the last step is first order (diffusers' final_sigmas_type "zero")."""
 
     def alpha_sigma(sigma):
@@ -171,7 +179,7 @@ def dpmpp_2m(eps: Denoiser, x: np.ndarray, s: Schedule, rng: np.random.Generator
     return x
 
 
-def lcm(eps: Denoiser, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None) -> np.ndarray:
+def lcm(eps: NoisePredictor, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None) -> np.ndarray:
     """Consistency steps: predict the clean latents, then re-noise them to the next timestep (not after the last)."""
     sigma_data, scaling = 0.5, 10.0
     for i, t in enumerate(s.timesteps):
@@ -190,22 +198,56 @@ def lcm(eps: Denoiser, x: np.ndarray, s: Schedule, rng: np.random.Generator, cal
     return x
 
 
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    run: Callable[..., np.ndarray]  # (eps, latents, schedule, rng, callback) -> final latents
+    schedule: Callable[..., Schedule]  # (config, steps[, spacing][, karras]) -> Schedule
+    karras: bool  # takes Karras sigmas
+    spacing: bool  # takes a timestep spacing (lcm picks from the timesteps it was distilled on)
+
+
 SAMPLERS = {
-    "euler": (euler, euler_schedule),
-    "euler_ancestral": (euler_ancestral, lambda c, n, spacing=None, karras=False: euler_schedule(c, n, spacing)),
-    "dpmpp_2m": (dpmpp_2m, dpm_schedule),
-    "lcm": (lcm, lambda c, n, spacing=None, karras=False: lcm_schedule(c, n)),
+    sampler.name: sampler
+    for sampler in (
+        Sampler("euler", euler, euler_schedule, karras=True, spacing=True),
+        Sampler("euler_ancestral", euler_ancestral, euler_schedule, karras=False, spacing=True),
+        Sampler("dpmpp_2m", dpmpp_2m, dpm_schedule, karras=True, spacing=True),
+        Sampler("lcm", lcm, lcm_schedule, karras=False, spacing=False),
+    )
 }
+SAMPLER_NAMES = tuple(SAMPLERS)
+
+
+def sampler_for(name: str, spacing: str | None = None, karras: bool = False) -> Sampler:
+    """The sampler called `name`, refusing options it does not take (none is ever dropped silently)."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+    sampler = SAMPLERS[name]
+    if karras and not sampler.karras:
+        with_karras = " and ".join(n for n, s in SAMPLERS.items() if s.karras)
+        raise ConfigError(f"Karras sigmas apply to the {with_karras} samplers, not {name}")
+    if spacing is not None and spacing not in SPACINGS:
+        raise ConfigError(f"timestep spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+    if spacing is not None and not sampler.spacing:
+        raise ConfigError(f"the {name} sampler takes no timestep spacing (it uses the timesteps it was distilled on)")
+    return sampler
 
 
 def make_schedule(name: str, config: dict, steps: int, spacing: str | None = None, karras: bool = False) -> Schedule:
-    return SAMPLERS[name][1](config, steps, spacing, karras)
+    """`spacing` None: the scheduler config's (SDXL: leading)."""
+    sampler = sampler_for(name, spacing, karras)
+    options = {"spacing": spacing} if sampler.spacing else {}
+    if sampler.karras:
+        options["karras"] = karras
+    return sampler.schedule(config, steps, **options)
 
 
-def sample(settings, scheduler_config: dict, eps: Denoiser, noise: np.ndarray, rng: np.random.Generator, callback=None):
+def sample(settings, scheduler_config: dict, eps: NoisePredictor, noise: np.ndarray, rng: np.random.Generator,
+           callback=None) -> np.ndarray:  # fmt: skip
     """Run `settings.sampler` from unit `noise`; the step noise of stochastic samplers comes from `rng`."""
-    function, _ = SAMPLERS[settings.sampler]
     schedule = make_schedule(
         settings.sampler, scheduler_config, settings.steps, settings.timestep_spacing, settings.karras
     )
-    return function(eps, (noise * np.float32(schedule.init_sigma)).astype(np.float32), schedule, rng, callback)
+    start = (noise * np.float32(schedule.init_sigma)).astype(np.float32)
+    return SAMPLERS[settings.sampler].run(eps, start, schedule, rng, callback)

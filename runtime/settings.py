@@ -5,11 +5,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .errors import ConfigError
+from .sampling import sampler_for
 
-MAX_SIDE = 4096
-SAMPLER_NAMES = ("euler", "euler_ancestral", "dpmpp_2m", "lcm")
-SPACINGS = ("leading", "trailing")
+MIN_SIDE, MAX_SIDE = 64, 4096
 MAX_IMAGES = 16
+
+
+def check_size(height: int | None, width: int | None, neither: str) -> None:
+    """The rule for output sizes, wherever one is asked for: both or neither (`neither` says what that means),
+    each a multiple of 8 between MIN_SIDE and MAX_SIDE."""
+    if (height is None) != (width is None):
+        raise ConfigError(f"give both --height and --width, or neither ({neither})")
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and (value % 8 or not MIN_SIDE <= value <= MAX_SIDE):
+            raise ConfigError(
+                f"{name} must be a multiple of 8 between {MIN_SIDE} and {MAX_SIDE}, got {value} (multiples of 64 work "
+                "best)"
+            )
 
 
 @dataclass(frozen=True)
@@ -26,8 +38,8 @@ class GenerationSettings:
     control_start: float = 0.0  # IdentityNet active window, as fractions of the schedule
     control_end: float = 1.0
     sampler: str = "euler"
-    karras: bool = False  # Karras sigmas (euler, dpmpp_2m)
-    timestep_spacing: str | None = None  # None: the package's scheduler config (SDXL: leading)
+    karras: bool = False  # Karras sigmas (samplers that take them: see sampling.SAMPLERS)
+    timestep_spacing: str | None = None  # None: the package's scheduler config (SDXL: leading); not for lcm
     num_images: int = 1  # image i uses seed + i
 
     def validate(self) -> GenerationSettings:
@@ -39,27 +51,13 @@ class GenerationSettings:
             value = getattr(self, name)
             if not 0 <= value <= 5:
                 raise ConfigError(f"{name.replace('_', '-')} must be between 0 and 5, got {value}")
-        if (self.height is None) != (self.width is None):
-            raise ConfigError("give both --height and --width, or neither (the face photo's size is used)")
-        if self.height is not None:
-            for name in ("height", "width"):
-                value = getattr(self, name)
-                if value % 8 or not 64 <= value <= MAX_SIDE:
-                    raise ConfigError(
-                        f"{name} must be a multiple of 8 between 64 and {MAX_SIDE}, got {value}"
-                        " (multiples of 64 work best)"
-                    )
+        check_size(self.height, self.width, neither="the face photo's size is used")
         if not 0 <= self.control_start < self.control_end <= 1:
             raise ConfigError(
                 f"the IdentityNet window must satisfy 0 <= start < end <= 1, got "
                 f"{self.control_start}..{self.control_end}"
             )
-        if self.sampler not in SAMPLER_NAMES:
-            raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
-        if self.karras and self.sampler not in ("euler", "dpmpp_2m"):
-            raise ConfigError(f"Karras sigmas apply to the euler and dpmpp_2m samplers, not {self.sampler}")
-        if self.timestep_spacing is not None and self.timestep_spacing not in SPACINGS:
-            raise ConfigError(f"timestep spacing must be one of {', '.join(SPACINGS)}, got {self.timestep_spacing!r}")
+        sampler_for(self.sampler, self.timestep_spacing, self.karras)
         if not 1 <= self.num_images <= MAX_IMAGES:
             raise ConfigError(f"num-images must be between 1 and {MAX_IMAGES}, got {self.num_images}")
         if not 0 <= self.seed < 2**63:
