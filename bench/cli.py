@@ -6,7 +6,11 @@ from pathlib import Path
 
 import click
 
+from ..export.architecture import PRESETS
+from ..quantize.policy import METHODS
+from ..runtime.backends import BACKENDS
 from ..runtime.cli_options import memory_option
+from .run import PEER
 
 
 def _list(text: str) -> tuple[str, ...]:
@@ -17,22 +21,20 @@ def _list(text: str) -> tuple[str, ...]:
 @click.option(
     "--out", type=click.Path(path_type=Path), required=True, help="Folder for results.json/.md and chart.png."
 )
-@click.option(
-    "--preset", type=click.Choice(["tiny", "small", "full"]), help="Build (once, cached) a stand-in and packages."
-)
+@click.option("--preset", type=click.Choice(PRESETS), help="Build (once, cached) a stand-in and packages.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Checkpoint for the PyTorch peer.")
 @click.option("--package", "packages", multiple=True, type=click.Path(path_type=Path), help="Model package(s) to time.")
 @click.option("--height", type=int, default=768, show_default=True)
 @click.option("--width", type=int, default=768, show_default=True)
 @click.option("--steps", type=int, default=4, show_default=True, help="Denoising steps of the end-to-end run.")
 @click.option("--guidance", type=float, default=5.0, show_default=True, help="> 1 means CFG (batch 2).")
-@click.option("--backends", default="torch,onnxruntime,openvino", show_default=True)
+@click.option("--backends", default=",".join((PEER, *BACKENDS)), show_default=True)
 @click.option("--precisions", default="fp32,int8", show_default=True)
 @click.option("--repeat", type=int, default=3, show_default=True, help="Steady-state runs per stage (after a warm-up).")
 @click.option("--threads", type=int, help="Threads for every backend (default: each backend's choice).")
 @click.option("--face-models", type=click.Path(path_type=Path), help="Face pack folder.")
 @memory_option("Memory mode of the runtime configurations (see generate --help).")
-@click.option("--int8-method", type=click.Choice(["weights", "hybrid", "full"]), default="weights", show_default=True)
+@click.option("--int8-method", type=click.Choice(METHODS), default="weights", show_default=True)
 def bench(out, preset, checkpoint, packages, height, width, steps, guidance, backends, precisions, repeat, threads,
           face_models, memory, int8_method):  # fmt: skip
     """Time every stage of every backend and precision, beside the PyTorch reference, on this machine.

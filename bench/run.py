@@ -6,7 +6,6 @@ With `--preset`, the stand-in, its fp32 package and an int8 package are built on
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -17,13 +16,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..runtime.backends import BACKENDS, backend, cache_dir
 from ..runtime.errors import ConfigError
-from ..runtime.face_packs import default_face_pack
-from ..runtime.manifest import dim_sizes, read_manifest
+from ..runtime.manifest import read_manifest
+from ..runtime.memory import physical_memory
+from ..runtime.settings import check_size
+from ..tools.defaults import default_face_pack
+from ..tools.versions import library_versions
 from .report import chart, markdown
 from .stages import Config
 
-FORMAT_OF = {"onnxruntime": "onnx", "openvino": "openvino"}
+PEER = "torch"  # the PyTorch reference, timed beside the runtime's backends
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class BenchRequest:
     height: int = 768
     steps: int = 4
     guidance: float = 5.0
-    backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+    backends: tuple[str, ...] = (PEER, *BACKENDS)
     precisions: tuple[str, ...] = ("fp32", "int8")
     repeat: int = 3
     threads: int | None = None
@@ -45,32 +48,22 @@ class BenchRequest:
     int8_method: str = "weights"
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "instantid-edge" / "bench"
-
-
 def machine() -> dict:
     from ..runtime.cpu import cpu_info
 
     cpu = cpu_info()
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
-    return {"cpu": cpu.model, "cores": os.cpu_count(), "memory_gib": round(memory, 1) if memory else None,
+    memory = physical_memory()
+    return {"cpu": cpu.model, "cores": os.cpu_count(), "memory_gib": round(memory / 2**30, 1) if memory else None,
             "isa": cpu.isa, "saturation_free_int8": cpu.saturation_free_int8,
             "python": platform.python_version()}  # fmt: skip
 
 
 def _versions() -> dict:
-    import importlib.metadata
-
-    names = ["onnxruntime", "openvino", "numpy", "torch", "diffusers", "nncf", "instantid-edge"]
-    versions = {}
-    for name in names:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[name] = importlib.metadata.version(name)
-    return versions
+    return library_versions(["onnxruntime", "openvino", "numpy", "torch", "diffusers", "nncf", "instantid-edge"])
 
 
-def _in_process(job: dict, threads: int | None, timeout: float = 6 * 3600) -> dict:
+def _in_subprocess(job: dict, threads: int | None, timeout: float = 6 * 3600) -> dict:
+    """Run one job (a Config, or the GEMM peak) in a worker process of its own, so its peak memory is its own."""
     with tempfile.TemporaryDirectory() as scratch:
         config, result = Path(scratch) / "config.json", Path(scratch) / "result.json"
         config.write_text(json.dumps(job))
@@ -99,7 +92,7 @@ def prepare(request: BenchRequest, log) -> tuple[Path | None, dict[str, Path], P
         from ..runtime.face import FaceAnalyzer
 
         dim = FaceAnalyzer(face_models).embedding_dim
-        root = cache_dir() / f"{request.preset}-{dim}"
+        root = cache_dir("bench", f"{request.preset}-{dim}")
         checkpoint = checkpoint or root / "standin"
         if not checkpoint.exists():
             from ..export.standin import build_standin
@@ -130,71 +123,73 @@ def _flops(package: Path, graph: str, width: int, height: int, batch: int) -> in
 
     manifest = read_manifest(package)
     info = manifest.graph(graph)
-    sizes = dim_sizes(height, width, batch if graph in ("identitynet", "unet") else 1)
+    sizes = manifest.architecture.dim_sizes(height, width, batch if graph in ("identitynet", "unet") else 1)
     shapes = {s.name: tuple(sizes[d] if isinstance(d, str) else d for d in s.shape) for s in info.inputs}
     return graph_flops(info.path(manifest.root, "onnx"), shapes)
 
 
-def run_bench(request: BenchRequest, log=print) -> dict:
-    if request.width % 8 or request.height % 8:
-        raise ConfigError("--width/--height must be multiples of 8")
-    unknown = set(request.backends) - {"torch", "onnxruntime", "openvino"}
-    if unknown:
-        raise ConfigError(f"unknown backend(s) {sorted(unknown)}; choose from torch, onnxruntime, openvino")
-    checkpoint, packages, face_models = prepare(request, log)
+def _configs(request: BenchRequest, checkpoint: Path | None, packages: dict[str, Path], face_models: Path) -> list:
     base = {
         "width": request.width, "height": request.height, "steps": request.steps, "guidance": request.guidance,
         "repeat": request.repeat, "threads": request.threads, "face_models": str(face_models), "memory": request.memory,
     }  # fmt: skip
     configs = []
-    if "torch" in request.backends:
+    if PEER in request.backends:
         if checkpoint is None:
             raise ConfigError("the PyTorch peer needs --checkpoint (or --preset)")
         torch_base = base
         if request.memory == "auto":  # fp32 in memory: twice an fp16 checkpoint's size on disk, at worst
             size = sum(p.stat().st_size for p in Path(checkpoint).rglob("*") if p.is_file())
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            torch_base = {**base, "memory": "normal" if 2 * size < 0.6 * total else "low"}
+            total = physical_memory()
+            torch_base = {**base, "memory": "normal" if total and 2 * size < 0.6 * total else "low"}
         configs.append(
-            Config(name="torch fp32", backend="torch", precision="fp32", checkpoint=str(checkpoint), **torch_base)
+            Config(name="torch fp32", backend=PEER, precision="fp32", checkpoint=str(checkpoint), **torch_base)
         )
-    for backend in (b for b in request.backends if b != "torch"):
+    for name in (b for b in request.backends if b != PEER):
         for precision in request.precisions:
             if precision in packages:
                 # no compiled-model cache: steady state does not need it, and full-size blobs take ~20 GB of disk
-                configs.append(Config(name=f"{backend} {precision}", backend=backend, precision=precision,
+                configs.append(Config(name=f"{name} {precision}", backend=name, precision=precision,
                                       package=str(packages[precision]), **base))  # fmt: skip
+    return configs
+
+
+def _disk_gib(config) -> float | None:
+    if config.package:
+        manifest = read_manifest(config.package)
+        return sum(manifest.graph_bytes(backend(config.backend).format).values()) / 2**30
+    if config.checkpoint:
+        return sum(p.stat().st_size for p in Path(config.checkpoint).rglob("*") if p.is_file()) / 2**30
+    return None
+
+
+def run_bench(request: BenchRequest, log=print) -> dict:
+    check_size(request.height, request.width, neither="the bench needs a size")
+    unknown = set(request.backends) - {PEER, *BACKENDS}
+    if unknown:
+        raise ConfigError(f"unknown backend(s) {sorted(unknown)}; choose from {', '.join((PEER, *BACKENDS))}")
+    checkpoint, packages, face_models = prepare(request, log)
+    configs = _configs(request, checkpoint, packages, face_models)
     results = {"request": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()},
                "machine": machine(), "versions": _versions(), "runs": []}  # fmt: skip
-    peaks = _in_process({"kind": "gemm", "threads": request.threads}, request.threads).get("gemm", {})
+    peaks = _in_subprocess({"kind": "gemm", "threads": request.threads}, request.threads).get("gemm", {})
     results["machine"]["gemm"] = peaks
     results["machine"]["gemm_gflops"] = peaks.get("fp32", 0.0)
     log("GEMM peak: " + ", ".join(f"{name} {value:.0f}" for name, value in peaks.items()) + " GFLOP/s")
     batch = 2 if request.guidance > 1 else 1
     fp32 = packages.get("fp32")
-    flops = (
-        {g: _flops(fp32, g, request.width, request.height, batch) for g in ("identitynet", "unet", "vae_decoder")}
-        if fp32
-        else {}
-    )
+    stage_graphs = {"identitynet": "identitynet", "unet": "unet", "decode": "vae_decoder"}
+    flops = {}
+    if fp32:
+        flops = {stage: _flops(fp32, g, request.width, request.height, batch) for stage, g in stage_graphs.items()}
     for config in configs:
         clock = time.perf_counter()
-        result = _in_process(asdict(config), request.threads)
+        result = _in_subprocess(asdict(config), request.threads)
         result.setdefault("config", asdict(config))
-        if fp32:
-            result["flops"] = {
-                "identitynet": flops["identitynet"],
-                "unet": flops["unet"],
-                "decode": flops["vae_decoder"],
-            }
-        if config.package:
-            manifest = read_manifest(config.package)
-            fmt = FORMAT_OF[config.backend]
-            result["disk_gib"] = sum(f["bytes"] for g in manifest.graphs.values() for f in g.files.get(fmt, [])) / 2**30
-        elif config.checkpoint:
-            result["disk_gib"] = (
-                sum(p.stat().st_size for p in Path(config.checkpoint).rglob("*") if p.is_file()) / 2**30
-            )
+        if flops:
+            result["flops"] = flops
+        if (disk := _disk_gib(config)) is not None:
+            result["disk_gib"] = disk
         results["runs"].append(result)
         outcome = f"failed: {result['error']}" if "error" in result else "done"
         log(f"{config.name}: {outcome} in {time.perf_counter() - clock:.0f} s")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..runtime.memory import PeakMemory, release_memory
 from ..runtime.settings import GenerationSettings
+from ..tools.defaults import default_face_photo
 
 PROMPT = "a portrait photo of a person, studio lighting, detailed"
 
@@ -52,83 +53,94 @@ def _timed(function, repeat: int) -> dict:
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "runs": len(times)}
 
 
-def _face():
-    from skimage import data
-
-    return data.astronaut()
-
-
 def time_runtime(config: Config) -> dict:
-    import numpy as np
-
-    from ..runtime.decode import decode
-    from ..runtime.denoise import StageTimer, identitynet_feeds, make_denoiser, unet_feeds
-    from ..runtime.face import face_conditioning
     from ..runtime.pipeline import InstantIDPipeline
 
-    stages, first, face_rgb = {}, {}, _face()
+    face_rgb = default_face_photo()[0]
     with PeakMemory() as peak:
         start = time.perf_counter()
         cache = Path(config.cache_dir) if config.cache_dir else None
         pipe = InstantIDPipeline.load(config.package, config.backend, config.threads, config.face_models, cache,
                                       memory=config.memory, cache=cache is not None)  # fmt: skip
-        settings, _, cond, noise = pipe.prepare(face_rgb, config.settings())
+        run = pipe.prepare(face_rgb, config.settings())
         load_seconds = time.perf_counter() - start
-        package, lean = pipe.package, pipe.memory != "normal"
-        stages["face"] = _timed(
-            lambda: face_conditioning(pipe.analyzer, face_rgb, settings.width, settings.height), config.repeat
-        )
-
-        def text():
-            pipe.text._cache.clear()
-            pipe.text.conditioning(settings.prompt, settings.negative_prompt, settings.cfg)
-
-        stages["text"] = _timed(text, config.repeat)
-        embedding = {"image_embeds": np.zeros((1, 1, package.architecture["embedding_dim"]), np.float32)}
-        stages["image_proj"] = _timed(lambda: package.session("image_proj").run(embedding), config.repeat)
-        if lean:
-            package.release("text_encoder", "text_encoder_2", "image_proj")
-
-        # Each denoiser graph on its own; in minimal mode only the graph being timed is open.
-        x = np.concatenate([noise[:1] * np.float32(14.6)] * cond.text.shape[0])
-        feeds = identitynet_feeds(cond, x, 500.0, 0.8)
-        begin = time.perf_counter()
-        residuals = package.session("identitynet").run(feeds)  # OpenVINO compiles on a graph's first run
-        first["identitynet"] = time.perf_counter() - begin
-        stages["identitynet"] = _timed(lambda: package.session("identitynet").run(feeds), config.repeat)
-        if pipe.memory == "minimal":
-            package.release("identitynet")
-        feeds = unet_feeds(cond, cond.context, x, 500.0, residuals, 0.8)
-        begin = time.perf_counter()
-        package.session("unet").run(feeds)
-        first["unet"] = time.perf_counter() - begin
-        stages["unet"] = _timed(lambda: package.session("unet").run(feeds), config.repeat)
-        if pipe.memory == "minimal":
-            package.release("unet")
-            total = stages["identitynet"]["median"] + stages["unet"]["median"]
-            stages["denoise_step"] = {"median": total, "kind": "sum (minimal memory: the graphs take turns)"}
-        else:
-            denoiser = make_denoiser(package, cond, settings, StageTimer())
-            stages["denoise_step"] = _timed(lambda: denoiser(x[:1], 500.0, 0), config.repeat)
-        stages["denoise_step"]["first_calls"] = first
-        if lean:
-            package.release("identitynet", "unet")
-        stages["decode"] = _timed(lambda: decode(package, x[:1]), config.repeat)
-        if lean:
-            package.release("vae_decoder")
-        end_to_end = []
-        for _ in range(max(1, config.repeat // 2)):
-            pipe.text._cache.clear()
-            begin = time.perf_counter()
-            pipe(face_rgb, settings)
-            end_to_end.append(time.perf_counter() - begin)
-        kind = f"one run of generate (memory mode {pipe.memory}" + (
-            ": graphs reopened as the run needs them)" if lean else ")"
-        )
-        stages["end_to_end"] = {"median": statistics.median(end_to_end), "min": min(end_to_end), "max": max(end_to_end),
-                                "runs": len(end_to_end), "kind": kind}  # fmt: skip
+        stages = _time_conditioning(pipe, run, face_rgb, config.repeat)
+        stages.update(_time_denoising_and_decoding(pipe, run, config.repeat))
+        stages["end_to_end"] = _time_end_to_end(pipe, face_rgb, run.settings, config.repeat)
     return {"config": asdict(config), "load_seconds": load_seconds, "stages": stages, "memory": peak.to_dict(),
-            "memory_mode": pipe.memory, "batch": 2 if settings.cfg else 1}  # fmt: skip
+            "memory_mode": pipe.memory.mode, "batch": run.inputs.batch}  # fmt: skip
+
+
+def _time_conditioning(pipe, run, face_rgb, repeat: int) -> dict:
+    """Face analysis, both text encoders (the prompt cache cleared each time), the image adapter."""
+    import numpy as np
+
+    from ..runtime.face import face_conditioning
+
+    settings, package = run.settings, pipe.package
+    stages = {"face": _timed(lambda: face_conditioning(pipe.analyzer, face_rgb, settings.width, settings.height),
+                             repeat)}  # fmt: skip
+
+    def text():
+        pipe.text.clear_cache()
+        pipe.text.embed(settings.prompt, settings.negative_prompt, settings.cfg)
+
+    stages["text"] = _timed(text, repeat)
+    embedding = {"image_embeds": np.zeros((1, 1, package.manifest.architecture.embedding_dim), np.float32)}
+    stages["image_proj"] = _timed(lambda: package.session("image_proj").run(embedding), repeat)
+    pipe.memory.close("conditioning", package)
+    return stages
+
+
+def _time_denoising_and_decoding(pipe, run, repeat: int) -> dict:
+    """Each denoiser graph on its own (under the pipeline's memory policy, which in minimal mode closes each
+    after its call), one denoising step, and the VAE decode."""
+    import numpy as np
+
+    from ..runtime.decode import decode
+    from ..runtime.noise_prediction import identitynet_feeds, make_noise_predictor, unet_feeds
+    from ..runtime.timing import StageTimer
+
+    package, inputs, memory, stages, first = pipe.package, run.inputs, pipe.memory, {}, {}
+    x = np.concatenate([run.start(0)[0] * np.float32(14.6)] * inputs.batch)
+    feeds = identitynet_feeds(inputs, x, 500.0, 0.8)
+    begin = time.perf_counter()
+    residuals = package.session("identitynet").run(feeds)  # OpenVINO compiles on a graph's first run
+    first["identitynet"] = time.perf_counter() - begin
+    stages["identitynet"] = _timed(lambda: package.session("identitynet").run(feeds), repeat)
+    memory.close("identitynet", package)
+    feeds = unet_feeds(inputs, inputs.context, x, 500.0, residuals, 0.8)
+    begin = time.perf_counter()
+    package.session("unet").run(feeds)
+    first["unet"] = time.perf_counter() - begin
+    stages["unet"] = _timed(lambda: package.session("unet").run(feeds), repeat)
+    memory.close("unet", package)
+    if memory.closes_after("unet"):
+        total = stages["identitynet"]["median"] + stages["unet"]["median"]
+        stages["denoise_step"] = {"median": total, "kind": "sum (minimal memory: the graphs take turns)"}
+    else:
+        eps = make_noise_predictor(package, inputs, run.settings, StageTimer())
+        stages["denoise_step"] = _timed(lambda: eps(x[:1], 500.0, 0), repeat)
+    stages["denoise_step"]["first_calls"] = first
+    memory.close("denoising", package)
+    stages["decode"] = _timed(lambda: decode(package, x[:1]), repeat)
+    memory.close("decoding", package)
+    return stages
+
+
+def _time_end_to_end(pipe, face_rgb, settings, repeat: int) -> dict:
+    seconds = []
+    for _ in range(max(1, repeat // 2)):
+        pipe.text.clear_cache()
+        begin = time.perf_counter()
+        pipe(face_rgb, settings)
+        seconds.append(time.perf_counter() - begin)
+    lean = pipe.memory.mode != "normal"
+    kind = f"one run of generate (memory mode {pipe.memory.mode}" + (
+        ": graphs reopened as the run needs them)" if lean else ")"
+    )
+    return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds), "runs": len(seconds),
+            "kind": kind}  # fmt: skip
 
 
 def _loaded(loads: dict, name: str, load):
@@ -146,24 +158,19 @@ def _torch_conditioning(loader, analyzer, settings, face_rgb, repeat, stages, lo
     from ..runtime.face import face_conditioning
 
     stages["face"] = _timed(lambda: face_conditioning(analyzer, face_rgb, settings.width, settings.height), repeat)
-    cond = face_conditioning(analyzer, face_rgb, settings.width, settings.height)
+    faces = face_conditioning(analyzer, face_rgb, settings.width, settings.height)
     resampler = _loaded(loads, "image_proj", loader.resampler)
-    embedding = torch.from_numpy(cond.face.embedding).reshape(1, 1, -1)
+    embedding = torch.from_numpy(faces.face.embedding).reshape(1, 1, -1)
     stages["image_proj"] = _timed(lambda: resampler(embedding), repeat)
     tokens = torch.cat([resampler(torch.zeros_like(embedding)), resampler(embedding)])
-    models = type("TextModels", (), {})()
-    models.tokenizer, models.tokenizer_2 = loader.tokenizers()
-    models.text_encoder, models.text_encoder_2 = (
-        loader.text_encoder("text_encoder"),
-        loader.text_encoder("text_encoder_2"),
-    )
+    text_models = loader.text_models()
     prompts = [settings.prompt, ""] if settings.cfg else [settings.prompt]
-    stages["text"] = _timed(lambda: [encode_text(models, prompt) for prompt in prompts], repeat)
-    text, pooled = encode_text(models, settings.prompt)
-    return cond, tokens, text, pooled
+    stages["text"] = _timed(lambda: [encode_text(text_models, prompt) for prompt in prompts], repeat)
+    text, pooled = encode_text(text_models, settings.prompt)
+    return faces, tokens, text, pooled
 
 
-def _torch_denoiser(loader, settings, cond, tokens, text, pooled, repeat, stages, loads) -> None:
+def _torch_denoiser(loader, settings, faces, tokens, text, pooled, repeat, stages, loads) -> None:
     import torch
 
     from ..runtime.settings import time_ids
@@ -173,8 +180,8 @@ def _torch_denoiser(loader, settings, cond, tokens, text, pooled, repeat, stages
     unet, scale = _loaded(loads, "unet", lambda: loader.unet(tokens.shape[1]))
     tokens, text, pooled = tokens[-batch:], text.repeat(batch, 1, 1), pooled.repeat(batch, 1)
     added = {"text_embeds": pooled, "time_ids": torch.tensor([time_ids(settings.height, settings.width)] * batch)}
-    control = torch.tensor(cond.control).permute(2, 0, 1)[None].float().div(255).repeat(batch, 1, 1, 1)
-    x, t = torch.randn(batch, 4, settings.height // 8, settings.width // 8), torch.tensor(500.0)
+    control = torch.tensor(faces.control).permute(2, 0, 1)[None].float().div(255).repeat(batch, 1, 1, 1)
+    x, t = torch.randn(batch, *loader.latent_shape(settings.height, settings.width)), torch.tensor(500.0)
     scale.value = settings.ip_scale
     context = torch.cat([text, tokens], dim=1)
 
@@ -197,7 +204,7 @@ def _torch_decode(loader, settings, repeat, stages, loads) -> None:
     import torch
 
     vae = _loaded(loads, "vae_decoder", loader.vae)
-    latents = torch.randn(1, 4, settings.height // 8, settings.width // 8)
+    latents = torch.randn(1, *loader.latent_shape(settings.height, settings.width))
     stages["decode"] = _timed(lambda: vae.decode(latents / vae.config.scaling_factor), repeat)
 
 
@@ -212,7 +219,7 @@ def time_torch(config: Config) -> dict:
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    settings, face_rgb, stages, loads = config.settings(), _face(), {}, {}
+    settings, face_rgb, stages, loads = config.settings(), default_face_photo()[0], {}, {}
     loader = CheckpointLoader(locate_checkpoint(config.checkpoint))
     analyzer = FaceAnalyzer(config.face_models)
     with PeakMemory() as peak, torch.inference_mode():

@@ -284,3 +284,16 @@ def architecture(preset: str, embedding_dim: int = 512) -> Architecture:
     else:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return Architecture(preset=preset, **copy.deepcopy(parts))
+
+
+def vae_scale_factor(vae_config) -> int:
+    """Pixels per latent: the VAE halves the image once per block after the first (diffusers' SDXL pipelines
+    compute it so: 2 ** (len(block_out_channels) - 1), 8 for SDXL)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def latent_shape(unet_config, vae_config, height: int, width: int) -> tuple[int, int, int]:
+    """(channels, height, width) of one image's latents: the UNet's in_channels, the pixels over the VAE's
+    factor."""
+    factor = vae_scale_factor(vae_config)
+    return unet_config["in_channels"], height // factor, width // factor

@@ -1,4 +1,7 @@
-"""CLI commands that need torch: `standin` and `reference`. Imported lazily by instantid_edge.cli."""
+"""CLI commands of the tools: `standin`, `reference`, `export` and `demo` (each imports torch only when run).
+
+Imported lazily by instantid_edge.cli.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ from pathlib import Path
 
 import click
 
+from ..runtime.backends import BACKENDS, FORMATS
 from ..runtime.cli_options import generation_options, settings_from_options
+from .architecture import PRESETS
 
-PRESET_CHOICE = click.Choice(["tiny", "small", "full"])
+PRESET_CHOICE = click.Choice(PRESETS)
 
 
 @click.command()
@@ -121,9 +126,11 @@ def reference(checkpoint, base, threads, **options):
 
 @click.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("instantid-demo.png"), show_default=True)
-@click.option("--face-models", type=click.Path(path_type=Path), help="Face pack folder (default: see below).")
-@click.option("--work", type=click.Path(path_type=Path), help="Where the stand-in and its package are kept.")
-@click.option("--backend", type=click.Choice(["openvino", "onnxruntime"]), default="openvino", show_default=True)
+@click.option("--face-models", type=click.Path(path_type=Path), help="Face pack folder (default: see above).")
+@click.option(
+    "--work", type=click.Path(path_type=Path), help="Where the stand-in and its package are kept (default: the cache)."
+)
+@click.option("--backend", type=click.Choice(BACKENDS), default="openvino", show_default=True)
 @click.option("--steps", type=int, default=10, show_default=True)
 @click.option("--size", type=int, default=512, show_default=True, help="Output width and height.")
 def demo(out, face_models, work, backend, steps, size):
@@ -131,9 +138,12 @@ def demo(out, face_models, work, backend, steps, size):
 
     \b
     Builds a tiny random-weight stand-in (real weights cannot ship with the code), exports it to a model
-    package, and generates with the torch-free runtime. Face: skimage's astronaut photo. Face pack: the
-    shared test pack when ../shared/assets is present, else antelopev2 from ~/.insightface (insightface
-    downloads it when the machine is online).
+    package (both kept in ~/.cache/instantid-edge), and generates with the torch-free runtime.
+    Face: scikit-image's astronaut photo. Face pack: the shared 128-d test pack when the shared assets
+    are there ($INSTANTID_EDGE_ASSETS, or ../shared/assets beside the source checkout), else antelopev2
+    from ~/.insightface (insightface downloads it when the machine is online).
+    Example:
+      instantid-edge demo --out demo.png --steps 4 --size 256
     """
     from ..runtime.pipeline import InstantIDPipeline
     from ..runtime.provenance import save_png
@@ -158,7 +168,7 @@ def demo(out, face_models, work, backend, steps, size):
 @click.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Package folder to create.")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "both"]), default="both", show_default=True)
+@click.option("--format", "fmt", type=click.Choice([*FORMATS, "both"]), default="both", show_default=True)
 @click.option("--height", type=int, help="Export static shapes for this output height (with --width).")
 @click.option("--width", type=int, help="Export static shapes for this output width (with --height).")
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="Fuse a LoRA (repeatable).")
@@ -178,7 +188,7 @@ def export(checkpoint, out, fmt, height, width, loras, base):
     request = ExportRequest(
         checkpoint=checkpoint,
         out=out,
-        formats=("onnx", "openvino") if fmt == "both" else (fmt,),
+        formats=FORMATS if fmt == "both" else (fmt,),
         height=height,
         width=width,
         loras=tuple(LoraSpec.parse(text) for text in loras),

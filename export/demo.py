@@ -1,31 +1,19 @@
 """The main job on embedded defaults: a locally built tiny stand-in, exported, then run by the runtime.
 
-Defaults: skimage's astronaut photo as the face; the shared 128-d test face pack when present, else
-antelopev2 (insightface fetches it when online); a tiny random-weight stand-in built and exported once into
-the cache folder. Every default is described in plain words in the command's output.
+Defaults (tools/defaults.py): scikit-image's astronaut photo as the face; the shared 128-d test face pack when
+the shared assets are there, else antelopev2 (insightface fetches it when online); a tiny random-weight stand-in
+built and exported once into the cache folder. Every default is described in plain words in the command's output.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
-
+from ..runtime.backends import cache_dir
 from ..runtime.face import FaceAnalyzer
-from ..runtime.face_packs import default_face_pack
+from ..tools.defaults import default_face_pack, default_face_photo
 
 DEMO_PROMPT = "a portrait photo of an astronaut, studio lighting, detailed"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "instantid-edge"
-
-
-def demo_face() -> tuple[np.ndarray, str]:
-    from skimage import data
-
-    return data.astronaut(), "skimage.data.astronaut() (NASA photo of Eileen Collins, public domain)"
 
 
 def demo_package(embedding_dim: int, work: Path, log) -> Path:
@@ -50,7 +38,7 @@ def demo_inputs(face_models: Path | None, work: Path | None, log) -> dict:
         pack_text = f"the face pack at {face_models}"
     analyzer = FaceAnalyzer(face_models)
     package = demo_package(analyzer.embedding_dim, work or cache_dir(), log)
-    face_rgb, face_text = demo_face()
+    face_rgb, face_text = default_face_photo()
     return {
         "face_models": face_models,
         "package": package,

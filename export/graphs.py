@@ -15,12 +15,10 @@ from torch import nn
 
 from ..runtime.manifest import RESIDUAL_STRIDES, RESIDUALS, TensorSpec, latent_size
 
-TEXT_LENGTH = 77
-
 
 @dataclass(frozen=True)
 class Dims:
-    """Sizes the specs need; height/width None means dynamic spatial dims."""
+    """Sizes the specs need, read from the checkpoint's configs; height/width None means dynamic spatial dims."""
 
     cross: int  # cross-attention width (text widths summed)
     text_widths: tuple[int, int]
@@ -28,6 +26,9 @@ class Dims:
     embedding: int
     tokens: int
     residual_channels: tuple[int, ...]  # 9 down + mid
+    text_length: int  # tokens per prompt (the tokenizers' model_max_length)
+    latent_channels: int  # the UNet's in_channels
+    vae_scale_factor: int  # pixels per latent
     height: int | None = None
     width: int | None = None
 
@@ -35,7 +36,7 @@ class Dims:
         if self.height is None:
             suffix = "" if stride == 1 else f"_{stride}"
             return f"latent_height{suffix}", f"latent_width{suffix}"
-        return latent_size(self.height, self.width, stride)
+        return latent_size(self.height, self.width, self.vae_scale_factor, stride)
 
     def pixels(self) -> tuple[int | str, int | str]:
         return ("height", "width") if self.height is None else (self.height, self.width)
@@ -132,17 +133,15 @@ def specs(name: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec]]:
     residuals = [
         _f32(n, b, c, *d.latent(s)) for n, c, s in zip(RESIDUALS, d.residual_channels, RESIDUAL_STRIDES, strict=True)
     ]
-    ids = TensorSpec("input_ids", "int64", (b, TEXT_LENGTH))
+    c, n = d.latent_channels, d.text_length
+    ids = TensorSpec("input_ids", "int64", (b, n))
     table = {
-        "text_encoder": ([ids], [_f32("hidden_states", b, TEXT_LENGTH, d.text_widths[0])]),
-        "text_encoder_2": (
-            [ids],
-            [_f32("hidden_states", b, TEXT_LENGTH, d.text_widths[1]), _f32("text_embeds", b, d.pooled)],
-        ),
+        "text_encoder": ([ids], [_f32("hidden_states", b, n, d.text_widths[0])]),
+        "text_encoder_2": ([ids], [_f32("hidden_states", b, n, d.text_widths[1]), _f32("text_embeds", b, d.pooled)]),
         "image_proj": ([_f32("image_embeds", b, 1, d.embedding)], [_f32("image_tokens", b, d.tokens, d.cross)]),
         "identitynet": (
             [
-                _f32("sample", b, 4, h, w),
+                _f32("sample", b, c, h, w),
                 _f32("timestep"),
                 _f32("image_tokens", b, d.tokens, d.cross),
                 _f32("controlnet_cond", b, 3, ph, pw),
@@ -154,18 +153,18 @@ def specs(name: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec]]:
         ),  # fmt: skip
         "unet": (
             [
-                _f32("sample", b, 4, h, w),
+                _f32("sample", b, c, h, w),
                 _f32("timestep"),
-                _f32("encoder_hidden_states", b, TEXT_LENGTH + d.tokens, d.cross),
+                _f32("encoder_hidden_states", b, n + d.tokens, d.cross),
                 _f32("text_embeds", b, d.pooled),
                 _f32("time_ids", b, 6),
                 *residuals,
                 _f32("ip_scale"),
             ],
-            [_f32("noise_pred", b, 4, h, w)],
+            [_f32("noise_pred", b, c, h, w)],
         ),  # fmt: skip
-        "vae_decoder": ([_f32("latents", b, 4, h, w)], [_f32("image", b, 3, ph, pw)]),
-        "vae_encoder": ([_f32("image", b, 3, ph, pw)], [_f32("latents", b, 4, h, w)]),
+        "vae_decoder": ([_f32("latents", b, c, h, w)], [_f32("image", b, 3, ph, pw)]),
+        "vae_encoder": ([_f32("image", b, 3, ph, pw)], [_f32("latents", b, c, h, w)]),
     }
     return table[name]
 

@@ -8,7 +8,6 @@ fails the export. The package is written to a hidden folder and renamed into pla
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shutil
 import time
@@ -20,7 +19,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..runtime.errors import ConfigError, ExportError
+from ..runtime.backends import FORMATS, backend_for_format
+from ..runtime.errors import CheckpointError, ConfigError, ExportError
 from ..runtime.files import atomic_folder, require_new_folder
 from ..runtime.manifest import (
     GRAPH_NAMES,
@@ -28,6 +28,7 @@ from ..runtime.manifest import (
     SCHEMA,
     SCHEMA_VERSION,
     GraphInfo,
+    ModelFacts,
     dim_sizes,
     file_entry,
     read_manifest,
@@ -35,6 +36,10 @@ from ..runtime.manifest import (
 )
 from ..runtime.memory import PeakMemory, release_memory
 from ..runtime.session import SessionOptions, open_session
+from ..runtime.settings import check_size
+from ..runtime.tokenizer import ClipTokenizer
+from ..tools.versions import library_versions
+from .architecture import vae_scale_factor
 from .checkpoint import CheckpointPaths, locate_checkpoint
 from .graphs import (
     Dims,
@@ -50,12 +55,10 @@ from .graphs import (
 )
 from .lora import LoraSpec
 from .onnx_export import export_onnx
-from .onnx_files import onnx_files, remove_onnx
+from .onnx_files import remove_onnx
 from .openvino_export import convert_to_openvino
 from .reference_models import CheckpointLoader
 
-FORMATS = ("onnx", "openvino")
-BACKEND_OF = {"onnx": "onnxruntime", "openvino": "openvino"}
 # An fp32 export should agree with PyTorch to float rounding; beyond this (relative to the output's largest
 # magnitude) something in the graph is wrong.
 RELATIVE_TOLERANCE = 1e-3
@@ -75,12 +78,8 @@ class ExportRequest:
     def validate(self) -> ExportRequest:
         unknown = set(self.formats) - set(FORMATS)
         if unknown or not self.formats:
-            raise ConfigError(f"unknown format(s) {sorted(unknown)}; choose onnx, openvino or both")
-        if (self.height is None) != (self.width is None):
-            raise ConfigError("give both --height and --width for a static export, or neither for dynamic shapes")
-        for value in (self.height, self.width):
-            if value is not None and (value % 8 or not 64 <= value <= 4096):
-                raise ConfigError(f"--height/--width must be multiples of 8 between 64 and 4096, got {value}")
+            raise ConfigError(f"unknown format(s) {sorted(unknown)}; choose {', '.join(FORMATS)} or both")
+        check_size(self.height, self.width, neither="for dynamic shapes")
         require_new_folder(self.out)
         return self
 
@@ -92,6 +91,14 @@ def _residual_channels(identitynet_config) -> tuple[int, ...]:
     for i, c in enumerate(channels):
         down += [c] * layers + ([c] if i < len(channels) - 1 else [])
     return (*down, channels[-1])
+
+
+def _text_length(loader: CheckpointLoader) -> int:
+    """Tokens per prompt: both tokenizers pad to it (CLIP: 77)."""
+    lengths = {ClipTokenizer.from_folder(folder).model_max_length for folder in loader.tokenizer_folders()}
+    if len(lengths) != 1:
+        raise CheckpointError(f"the two tokenizers pad prompts to different lengths ({sorted(lengths)})")
+    return lengths.pop()
 
 
 def _dims(loader: CheckpointLoader, request: ExportRequest) -> Dims:
@@ -113,13 +120,31 @@ def _dims(loader: CheckpointLoader, request: ExportRequest) -> Dims:
         embedding=image_proj["proj_in.weight"].shape[1],
         tokens=image_proj["latents"].shape[1],
         residual_channels=_residual_channels(identitynet_config),
+        text_length=_text_length(loader),
+        latent_channels=loader.unet_config["in_channels"],
+        vae_scale_factor=vae_scale_factor(loader.vae_config),
         height=request.height,
         width=request.width,
     )
 
 
+def _facts(dims: Dims, loader: CheckpointLoader) -> ModelFacts:
+    """What the manifest tells the runtime about the model: from the same configs the graphs were shaped by."""
+    return ModelFacts(
+        cross_attention_dim=dims.cross,
+        text_widths=dims.text_widths,
+        pooled_dim=dims.pooled,
+        embedding_dim=dims.embedding,
+        num_image_tokens=dims.tokens,
+        text_length=dims.text_length,
+        latent_channels=dims.latent_channels,
+        vae_scale_factor=dims.vae_scale_factor,
+        force_zeros_for_empty_prompt=bool(loader.index.get("force_zeros_for_empty_prompt", True)),
+    )
+
+
 def _sizes(dims: Dims) -> dict[str, int]:
-    return dim_sizes(dims.height or VALIDATION_SIZE, dims.width or VALIDATION_SIZE, batch=2)
+    return dim_sizes(dims.height or VALIDATION_SIZE, dims.width or VALIDATION_SIZE, 2, dims.vae_scale_factor)
 
 
 def _graph_module(name: str, loader: CheckpointLoader, dims: Dims):
@@ -162,35 +187,43 @@ def _export_graph(name: str, loader: CheckpointLoader, dims: Dims, work: Path, f
     reference = {spec.name: tensor.float().numpy() for spec, tensor in zip(outputs, result, strict=True)}
     folder = work / name
     folder.mkdir()
-    onnx_path = folder / "model.onnx"
+    onnx, openvino = backend_for_format("onnx"), backend_for_format("openvino")
+    onnx_path = folder / onnx.model_file
     export_onnx(module, as_torch(feeds), inputs, outputs, onnx_path)
     del module, result
     release_memory()
-    files = {"onnx": [file_entry(work, p) for p in onnx_files(onnx_path)]}
     if "openvino" in formats:
-        files["openvino"] = [file_entry(work, p) for p in convert_to_openvino(onnx_path, folder / "openvino_model.xml")]
+        convert_to_openvino(onnx_path, folder / openvino.model_file)
     if "onnx" not in formats:
         remove_onnx(onnx_path)
-        del files["onnx"]
     release_memory()
+    files = {fmt: [file_entry(work, p) for p in backend_for_format(fmt).files(folder)] for fmt in formats}
     graph = GraphInfo(name, "fp32", files, tuple(inputs), tuple(outputs), baked, {})
-    validation = {"inputs": f"fixed (seed 0), sizes {_sizes(dims)}"}
-    for fmt in files:
-        session = open_session(graph, work, SessionOptions(backend=BACKEND_OF[fmt]))
-        validation[BACKEND_OF[fmt]] = _compare(reference, session.run(feeds))
-        del session
-        release_memory()
-        if validation[BACKEND_OF[fmt]]["relative_error"] > RELATIVE_TOLERANCE:
-            raise ExportError(
-                f"{name}: {BACKEND_OF[fmt]} output differs from PyTorch by {validation[BACKEND_OF[fmt]]} "
-                f"(tolerance {RELATIVE_TOLERANCE} relative); the export is wrong, please report it"
-            )
+    validation = {"inputs": f"fixed (seed 0), sizes {_sizes(dims)}", **_validate(graph, work, reference, feeds)}
     log(f"{name}: exported in {time.perf_counter() - clock:.1f} s; " + ", ".join(
         f"{b} max abs error {validation[b]['max_abs_error']:.2e}" for b in validation if b != "inputs"))  # fmt: skip
     return GraphInfo(name, "fp32", files, tuple(inputs), tuple(outputs), baked, validation)
 
 
+def _validate(graph: GraphInfo, work: Path, reference: dict, feeds: dict) -> dict[str, dict]:
+    """Each backend's outputs against PyTorch's, per backend name; beyond tolerance the export fails."""
+    validation = {}
+    for fmt in graph.files:
+        name = backend_for_format(fmt).name
+        session = open_session(graph, work, SessionOptions(backend=name))
+        validation[name] = _compare(reference, session.run(feeds))
+        del session
+        release_memory()
+        if validation[name]["relative_error"] > RELATIVE_TOLERANCE:
+            raise ExportError(
+                f"{graph.name}: {name} output differs from PyTorch by {validation[name]} "
+                f"(tolerance {RELATIVE_TOLERANCE} relative); the export is wrong, please report it"
+            )
+    return validation
+
+
 def _copy_tokenizers(loader: CheckpointLoader, work: Path) -> dict:
+    """{folder: its files}, in the text encoders' order (the manifest's contract)."""
     result = {}
     for source in loader.tokenizer_folders():
         shutil.copytree(source, work / source.name)
@@ -200,7 +233,7 @@ def _copy_tokenizers(loader: CheckpointLoader, work: Path) -> dict:
 
 def _versions() -> dict:
     names = ["torch", "diffusers", "transformers", "onnx", "onnxruntime", "openvino", "numpy"]
-    return {"instantid_edge": __version__} | {n: importlib.metadata.version(n) for n in names}
+    return {"instantid_edge": __version__} | library_versions(names)
 
 
 def _source_files(paths: CheckpointPaths, loras) -> dict[str, str]:
@@ -234,38 +267,31 @@ def _export(request: ExportRequest, log: Callable[[str], None]) -> None:
         np.save(work / "constants" / "uncond_image_tokens.npy", uncond)
         (work / "scheduler").mkdir()
         (work / "scheduler" / "scheduler_config.json").write_text(json.dumps(loader.scheduler_config, indent=2))
-        tokenizers = _copy_tokenizers(loader, work)
-        manifest = {
-            "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "producer": _versions(),
-            "source": {
-                "checkpoint": str(request.checkpoint),
-                "standin": loader.standin,
-                "loras": [lora.record() for lora in request.loras],
-                "files": _source_files(paths, request.loras),
-            },
-            "architecture": {
-                "cross_attention_dim": dims.cross,
-                "text_widths": list(dims.text_widths),
-                "pooled_dim": dims.pooled,
-                "embedding_dim": dims.embedding,
-                "num_image_tokens": dims.tokens,
-                "text_length": 77,
-                "latent_channels": 4,
-                "vae_scale_factor": 8,
-                "force_zeros_for_empty_prompt": bool(loader.index.get("force_zeros_for_empty_prompt", True)),
-            },
-            "shapes": {"height": request.height, "width": request.width},
-            "scheduler": "scheduler/scheduler_config.json",
-            "tokenizers": tokenizers,
-            "constants": {
-                "uncond_image_tokens": {"file": "constants/uncond_image_tokens.npy", "shape": list(uncond.shape)}
-            },
-            "graphs": {name: graph.to_dict() for name, graph in graphs.items()},
-        }
+        manifest = _manifest(request, paths, loader, dims, graphs, _copy_tokenizers(loader, work), uncond.shape)
         manifest["files"] = [file_entry(work, p) for p in sorted(work.rglob("*")) if p.is_file()]
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         read_manifest(work)  # what we wrote must read back
     log(f"exported in {time.perf_counter() - start:.1f} s")
+
+
+def _manifest(request, paths, loader, dims, graphs, tokenizers, uncond_shape) -> dict:
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "producer": _versions(),
+        "source": {
+            "checkpoint": str(request.checkpoint),
+            "standin": loader.standin,
+            "loras": [lora.record() for lora in request.loras],
+            "files": _source_files(paths, request.loras),
+        },
+        "architecture": _facts(dims, loader).to_dict(),
+        "shapes": {"height": request.height, "width": request.width},
+        "scheduler": "scheduler/scheduler_config.json",
+        "tokenizers": tokenizers,
+        "constants": {
+            "uncond_image_tokens": {"file": "constants/uncond_image_tokens.npy", "shape": list(uncond_shape)}
+        },
+        "graphs": {name: graph.to_dict() for name, graph in graphs.items()},
+    }

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..runtime.errors import CheckpointError
+from .architecture import latent_shape
 from .checkpoint import CheckpointPaths, weight_variant
 from .ip_attention import IPScale, install_ip_attention, load_ip_weights
 from .lora import LoraSpec, fuse_loras
@@ -100,6 +101,17 @@ class CheckpointLoader:
         return UNet2DConditionModel.load_config(self.paths.base / "unet")
 
     @functools.cached_property
+    def vae_config(self):
+        if self.paths.base_is_single_file:
+            return self.single_file.config("vae")
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.load_config(self.paths.base / "vae")
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        return latent_shape(self.unet_config, self.vae_config, height, width)
+
+    @functools.cached_property
     def index(self) -> dict:
         if self.paths.base_is_single_file:
             return {"force_zeros_for_empty_prompt": True}
@@ -139,6 +151,9 @@ class CheckpointLoader:
         fuse_loras(model, which, self.loras, self.unet_config)
         return model
 
+    def text_models(self) -> TextModels:
+        return TextModels(self.tokenizers(), (self.text_encoder("text_encoder"), self.text_encoder("text_encoder_2")))
+
     def vae(self):
         return self._sdxl_model("vae").eval()
 
@@ -173,15 +188,20 @@ class CheckpointLoader:
         return unet, scale
 
 
+@dataclass(frozen=True)
+class TextModels:
+    """SDXL's two CLIP tokenizers (transformers') and text encoders, in order."""
+
+    tokenizers: tuple
+    encoders: tuple[torch.nn.Module, torch.nn.Module]
+
+
 @dataclass
 class ReferenceModels:
     unet: torch.nn.Module  # with IP attention installed
     identitynet: torch.nn.Module
     vae: torch.nn.Module
-    text_encoder: torch.nn.Module
-    text_encoder_2: torch.nn.Module
-    tokenizer: object
-    tokenizer_2: object
+    text: TextModels
     scheduler_config: dict
     resampler: Resampler
     ip_scale: IPScale
@@ -196,10 +216,13 @@ class ReferenceModels:
     def num_image_tokens(self) -> int:
         return self.resampler.latents.shape[1]
 
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        return latent_shape(self.unet.config, self.vae.config, height, width)
 
-def check_compatible(unet, identitynet, text_encoder, text_encoder_2, resampler: Resampler, ip_file: Path) -> None:
+
+def check_compatible(unet, identitynet, text: TextModels, resampler: Resampler, ip_file: Path) -> None:
     cross = unet.config.cross_attention_dim
-    widths = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
+    widths = sum(encoder.config.hidden_size for encoder in text.encoders)
     checks = [
         (widths == cross, f"the text encoders' widths sum to {widths}, the UNet cross-attention needs {cross}"),
         (resampler.proj_out.out_features == cross,
@@ -220,18 +243,14 @@ def load_reference_models(
     loader = CheckpointLoader(paths, dtype, loras)
     resampler = loader.resampler()
     identitynet = loader.identitynet()
-    text_encoder, text_encoder_2 = loader.text_encoder("text_encoder"), loader.text_encoder("text_encoder_2")
+    text = loader.text_models()
     unet, scale = loader.unet(resampler.latents.shape[1])
-    check_compatible(unet, identitynet, text_encoder, text_encoder_2, resampler, paths.ip_adapter)
-    tokenizer, tokenizer_2 = loader.tokenizers()
+    check_compatible(unet, identitynet, text, resampler, paths.ip_adapter)
     return ReferenceModels(
         unet=unet,
         identitynet=identitynet,
         vae=loader.vae(),
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
+        text=text,
         scheduler_config=loader.scheduler_config,
         resampler=resampler,
         ip_scale=scale,

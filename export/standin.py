@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..runtime.assets import shared_assets
 from ..runtime.errors import ConfigError
 from ..runtime.files import atomic_folder
+from ..tools.assets import shared_assets
 from .architecture import SDXL_MODEL_INDEX, SDXL_SCHEDULER, Architecture, architecture
 from .ip_attention import IPScale, install_ip_attention, ip_key_shapes
 from .resampler import Resampler
@@ -210,6 +210,49 @@ def _ip_adapter_state(models: MetaModels, seed: int) -> dict:
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}
 
 
+def _write_sdxl(sdxl: Path, models: MetaModels, seed: int, dtype: torch.dtype) -> dict[str, int]:
+    """The SDXL base as a diffusers folder (tokenizers already copied); bytes written per component."""
+    sizes = {}
+    for component, model in (("unet", models.unet), ("vae", models.vae)):
+        (sdxl / component).mkdir()
+        model.save_config(sdxl / component)
+        file = sdxl / component / "diffusion_pytorch_model.safetensors"
+        sizes[component] = _write_model_weights(model, component, file, seed, dtype)
+    for component in ("text_encoder", "text_encoder_2"):
+        model = getattr(models, component)
+        model.config.save_pretrained(sdxl / component)
+        sizes[component] = _write_model_weights(model, component, sdxl / component / "model.safetensors", seed, dtype)
+    (sdxl / "scheduler").mkdir()
+    (sdxl / "scheduler" / "scheduler_config.json").write_text(json.dumps(SDXL_SCHEDULER, indent=2) + "\n")
+    (sdxl / "model_index.json").write_text(json.dumps(SDXL_MODEL_INDEX, indent=2) + "\n")
+    return sizes
+
+
+def _write_instantid(work: Path, models: MetaModels, seed: int, dtype: torch.dtype) -> dict[str, int]:
+    """IdentityNet (ControlNetModel/) and ip-adapter.bin; bytes written per component."""
+    identitynet_dir = work / "ControlNetModel"
+    identitynet_dir.mkdir()
+    models.identitynet.save_config(identitynet_dir)
+    file = identitynet_dir / "diffusion_pytorch_model.safetensors"
+    sizes = {"identitynet": _write_model_weights(models.identitynet, "identitynet", file, seed, dtype)}
+    # The released ip-adapter.bin is an fp32 torch pickle; so is ours, whatever the other dtypes.
+    torch.save(_ip_adapter_state(models, seed), work / "ip-adapter.bin")
+    sizes["ip_adapter"] = (work / "ip-adapter.bin").stat().st_size
+    return sizes
+
+
+def _to_single_file(work: Path, preset: str, embedding_dim: int, dtype: torch.dtype) -> int:
+    """Replace sdxl/ by one original-layout sdxl.safetensors, its tokenizers beside it; returns its size."""
+    from .single_file import write_single_file
+
+    sdxl = work / "sdxl"
+    size = write_single_file(sdxl, work / "sdxl.safetensors", preset, embedding_dim, dtype)
+    for name in ("tokenizer", "tokenizer_2"):
+        shutil.move(sdxl / name, work / name)
+    shutil.rmtree(sdxl)
+    return size
+
+
 def build_standin(
     out: Path,
     preset: str,
@@ -231,49 +274,13 @@ def build_standin(
             "e.g. the tokenizer/ folder of stabilityai/stable-diffusion-xl-base-1.0)"
         )
     dtype = dtype or (torch.float16 if preset == "full" else torch.float32)
-    arch = architecture(preset, embedding_dim)
     with atomic_folder(out) as work:
-        sdxl = work / "sdxl"
-        sdxl.mkdir()
-        _copy_tokenizers(Path(tokenizer), sdxl)
-        models = meta_models(arch)
-        sizes = {}
-        for component, model in (("unet", models.unet), ("vae", models.vae)):
-            (sdxl / component).mkdir()
-            model.save_config(sdxl / component)
-            file = sdxl / component / "diffusion_pytorch_model.safetensors"
-            sizes[component] = _write_model_weights(model, component, file, seed, dtype)
-        for component in ("text_encoder", "text_encoder_2"):
-            model = getattr(models, component)
-            model.config.save_pretrained(sdxl / component)
-            sizes[component] = _write_model_weights(
-                model, component, sdxl / component / "model.safetensors", seed, dtype
-            )
-        (sdxl / "scheduler").mkdir()
-        (sdxl / "scheduler" / "scheduler_config.json").write_text(json.dumps(SDXL_SCHEDULER, indent=2) + "\n")
-        (sdxl / "model_index.json").write_text(json.dumps(SDXL_MODEL_INDEX, indent=2) + "\n")
-
-        identitynet_dir = work / "ControlNetModel"
-        identitynet_dir.mkdir()
-        models.identitynet.save_config(identitynet_dir)
-        sizes["identitynet"] = _write_model_weights(
-            models.identitynet,
-            "identitynet",
-            identitynet_dir / "diffusion_pytorch_model.safetensors",
-            seed,
-            dtype,
-        )
-        # The released ip-adapter.bin is an fp32 torch pickle; so is ours, whatever the other dtypes.
-        torch.save(_ip_adapter_state(models, seed), work / "ip-adapter.bin")
-        sizes["ip_adapter"] = (work / "ip-adapter.bin").stat().st_size
+        (work / "sdxl").mkdir()
+        _copy_tokenizers(Path(tokenizer), work / "sdxl")
+        models = meta_models(architecture(preset, embedding_dim))
+        sizes = _write_sdxl(work / "sdxl", models, seed, dtype) | _write_instantid(work, models, seed, dtype)
         if single_file:
-            from .single_file import write_single_file
-
-            sizes["sdxl_single_file"] = write_single_file(sdxl, work / "sdxl.safetensors", preset, embedding_dim, dtype)
-            for name in ("tokenizer", "tokenizer_2"):
-                shutil.move(sdxl / name, work / name)
-            shutil.rmtree(sdxl)
-
+            sizes["sdxl_single_file"] = _to_single_file(work, preset, embedding_dim, dtype)
         report = {
             "kind": "random-weight stand-in",
             "warning": "RANDOM WEIGHTS: not a real model; images made with it are noise-like, not portraits",

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..runtime.errors import ConfigError
 from ..runtime.images import load_rgb
+from ..tools.defaults import default_face_photo
 
 DEFAULT_PROMPTS = [
     "a portrait photo of a person, studio lighting, detailed skin",
@@ -53,9 +54,8 @@ def record(pipe, recording: Recording, jobs) -> None:
 
 def calibration_faces(folder: Path | None) -> list[tuple[str, np.ndarray]]:
     if folder is None:
-        from skimage import data
-
-        return [("skimage astronaut", data.astronaut())]
+        face_rgb, _ = default_face_photo()
+        return [("skimage astronaut", face_rgb)]
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"--calibration-faces {folder} is not a folder")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from .backends import BACKENDS
 from .cli_options import generation_options, memory_option, settings_from_options
 from .errors import PackageError
 from .provenance.cli import sign_option
@@ -61,7 +62,7 @@ def timing_table(timings: dict, wall: float) -> str:
 @click.option("--num-images", type=int, default=1, show_default=True, help="Image i uses seed + i.")
 @click.option("--control-start", type=float, default=0.0, show_default=True, help="IdentityNet starts (fraction).")
 @click.option("--control-end", type=float, default=1.0, show_default=True, help="IdentityNet ends (fraction).")
-@click.option("--backend", type=click.Choice(["openvino", "onnxruntime"]), default="onnxruntime", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True)
 @click.option("--threads", type=int, help="Inference threads (default: the backend's choice).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="OpenVINO compiled-model cache folder.")
 @click.option(

@@ -1,8 +1,14 @@
-"""The small error hierarchy: every problem a user can fix raises one of these.
+"""The small error hierarchy: every problem a user can fix raises one of these; and `check_finite`.
 
 The library raises them with a message that says what was wrong and what to do; only the CLI turns them
 into an exit code (1) and a one-line message.
 """
+
+from __future__ import annotations
+
+import numpy as np
+
+PACKAGE_ADVICE = "the package may be corrupt (check it with `instantid-edge inspect`) or quantized too aggressively"
 
 
 class InstantIDError(Exception):
@@ -43,3 +49,11 @@ class ExportError(InstantIDError):
 
 class InstantIDWarning(UserWarning):
     """Something the user should know that does not stop the run; the CLI prints it as one `warning:` line."""
+
+
+def check_finite(stage: str, array: np.ndarray, advice: str = PACKAGE_ADVICE) -> np.ndarray:
+    """`array` unchanged, or NumericalError naming the stage that produced NaN or infinite values."""
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise NumericalError(f"{stage} produced {bad} NaN/infinite values out of {array.size}; {advice}")
+    return array

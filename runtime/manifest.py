@@ -1,24 +1,30 @@
 """The model package: a folder with `manifest.json` describing every graph, and the files it lists.
 
-The runtime reads only the manifest (and the files it names); `inspect` verifies sizes and sha256 of every
-file. Schema version 1:
+The manifest is the contract between export and the runtime: the runtime reads only the manifest (and the files
+it names), through the typed view `read_manifest` returns, never through constants of its own; `inspect`
+verifies sizes and sha256 of every file. Schema version 1:
 
     {"schema": "instantid-edge/model-package", "schema_version": 1,
-     "producer": {library versions}, "source": {"files": {name: sha256}, "standin": bool, "loras": [...]},
-     "architecture": {...}, "shapes": {"height": H|null, "width": W|null},
-     "scheduler": {diffusers scheduler config}, "tokenizers": {"tokenizer": {files}, "tokenizer_2": {files}},
+     "producer": {library versions}, "source": {"files": {name: sha256}, "standin": {...}|null, "loras": [...]},
+     "architecture": {ModelFacts}, "shapes": {"height": H|null, "width": W|null},
+     "scheduler": "scheduler/scheduler_config.json",
+     "tokenizers": {"tokenizer": [files], "tokenizer_2": [files]},     # folders, in text-encoder order
      "constants": {"uncond_image_tokens": {"file": ..., "shape": [...]}},
      "graphs": {name: {"precision", "files": {"onnx"|"openvino": [{"path", "bytes", "sha256"}]},
                        "inputs": [{"name", "dtype", "shape"}], "outputs": [...], "baked": {...},
                        "validation": {...}}},
      "files": [{"path", "bytes", "sha256"}]}     # every file of the package, for verification
+
+Public surface: `read_manifest(root) -> Manifest` (`.architecture` ModelFacts, `.graphs` GraphInfo by name,
+`.static_size`, `.tokenizer_folders`, `.scheduler_path`, `.constant_path(name)`, `.standin`, `.graph_bytes(fmt)`,
+`.data` for the rest), `verify_files`, and the helpers export uses to write one (`file_entry`, `sha256_of`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import PackageError
@@ -33,21 +39,64 @@ RESIDUALS = tuple(f"down_{i}" for i in range(9)) + ("mid",)
 RESIDUAL_STRIDES = (1, 1, 1, 2, 2, 2, 4, 4, 4, 4)
 
 
-def latent_size(height: int, width: int, stride: int = 1) -> tuple[int, int]:
-    """Latent (height, width) at a UNet level: pixels / 8, then halved (rounding up) per stride-2 level."""
-    h, w = height // 8, width // 8
+def level_size(latent_h: int, latent_w: int, stride: int) -> tuple[int, int]:
+    """(height, width) at a UNet level of `stride`: the latents halved (rounding up) per stride-2 level."""
     while stride > 1:
-        h, w, stride = -(-h // 2), -(-w // 2), stride // 2
-    return h, w
+        latent_h, latent_w, stride = -(-latent_h // 2), -(-latent_w // 2), stride // 2
+    return latent_h, latent_w
 
 
-def dim_sizes(height: int, width: int, batch: int) -> dict[str, int]:
+def latent_size(height: int, width: int, vae_scale_factor: int, stride: int = 1) -> tuple[int, int]:
+    """Latent (height, width) of `height` x `width` pixels at a UNet level of `stride`."""
+    return level_size(height // vae_scale_factor, width // vae_scale_factor, stride)
+
+
+def dim_sizes(height: int, width: int, batch: int, vae_scale_factor: int) -> dict[str, int]:
     """Values of the symbolic dims in the graphs' specs for one run of `height` x `width` pixels."""
     sizes = {"batch": batch, "height": height, "width": width}
     for stride in (1, 2, 4):
         suffix = "" if stride == 1 else f"_{stride}"
-        sizes[f"latent_height{suffix}"], sizes[f"latent_width{suffix}"] = latent_size(height, width, stride)
+        sizes[f"latent_height{suffix}"], sizes[f"latent_width{suffix}"] = latent_size(
+            height, width, vae_scale_factor, stride
+        )
     return sizes
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What export measured about the model and the runtime needs (the manifest's "architecture")."""
+
+    cross_attention_dim: int  # the UNet's context width (the two text encoders' widths summed)
+    text_widths: tuple[int, int]  # hidden widths of text_encoder and text_encoder_2
+    pooled_dim: int  # text_encoder_2's projected pooled embedding
+    embedding_dim: int  # the face embedding the image adapter takes (antelopev2: 512)
+    num_image_tokens: int  # face tokens the image adapter makes (16)
+    text_length: int  # tokens per prompt (CLIP: 77)
+    latent_channels: int  # (SDXL: 4)
+    vae_scale_factor: int  # pixels per latent (SDXL: 8)
+    force_zeros_for_empty_prompt: bool  # no negative prompt: zero negative embeddings (SDXL)
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(channels, height, width) of one image's latents."""
+        return (self.latent_channels, *latent_size(height, width, self.vae_scale_factor))
+
+    def latent_size(self, height: int, width: int, stride: int = 1) -> tuple[int, int]:
+        return latent_size(height, width, self.vae_scale_factor, stride)
+
+    def dim_sizes(self, height: int, width: int, batch: int) -> dict[str, int]:
+        return dim_sizes(height, width, batch, self.vae_scale_factor)
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "text_widths": list(self.text_widths)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelFacts:
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise KeyError(f"architecture lacks {', '.join(missing)}")
+        values = {name: data[name] for name in names}
+        return cls(**{**values, "text_widths": tuple(values["text_widths"])})
 
 
 @dataclass(frozen=True)
@@ -110,21 +159,36 @@ class GraphInfo:
 @dataclass(frozen=True)
 class Manifest:
     root: Path
-    data: dict
+    data: dict  # the whole manifest, for what has no typed view (producer, source files, validation)
     graphs: dict[str, GraphInfo]
-
-    @property
-    def architecture(self) -> dict:
-        return self.data["architecture"]
+    architecture: ModelFacts
+    static_size: tuple[int, int] | None  # (width, height) the graphs were exported for; None: any size
+    tokenizer_folders: tuple[Path, Path]  # for text_encoder and text_encoder_2
 
     @property
     def formats(self) -> set[str]:
         return {fmt for graph in self.graphs.values() for fmt in graph.files}
 
+    @property
+    def scheduler_path(self) -> Path:
+        return self.root / self.data["scheduler"]
+
+    @property
+    def standin(self) -> dict | None:
+        """STANDIN.json of the checkpoint when the weights are a random stand-in, else None."""
+        return self.data["source"].get("standin")
+
+    def constant_path(self, name: str) -> Path:
+        return self.root / self.data["constants"][name]["file"]
+
     def graph(self, name: str) -> GraphInfo:
         if name not in self.graphs:
             raise PackageError(f"the package at {self.root} has no {name} graph; re-export it")
         return self.graphs[name]
+
+    def graph_bytes(self, fmt: str) -> dict[str, int]:
+        """Bytes on disk of each graph's files in `fmt` (0 for a graph without that format)."""
+        return {name: sum(f["bytes"] for f in graph.files.get(fmt, [])) for name, graph in self.graphs.items()}
 
 
 def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
@@ -160,9 +224,20 @@ def read_manifest(root: str | Path) -> Manifest:
         )
     try:
         graphs = {name: GraphInfo.from_dict(name, graph) for name, graph in data["graphs"].items()}
-    except (KeyError, TypeError) as exc:
+        shapes = data["shapes"]
+        tokenizers = tuple(root / folder for folder in data["tokenizers"])
+        if len(tokenizers) != 2:
+            raise ValueError(f"{len(tokenizers)} tokenizer folders listed, expected 2")
+        return Manifest(
+            root=root,
+            data=data,
+            graphs=graphs,
+            architecture=ModelFacts.from_dict(data["architecture"]),
+            static_size=(shapes["width"], shapes["height"]) if shapes["height"] is not None else None,
+            tokenizer_folders=tokenizers,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
         raise PackageError(f"{path} is malformed: {type(exc).__name__} {exc}") from exc
-    return Manifest(root=root, data=data, graphs=graphs)
 
 
 def verify_files(manifest: Manifest) -> list[str]:

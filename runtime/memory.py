@@ -1,9 +1,17 @@
-"""Peak memory of this process, split into anonymous memory and memory-mapped files.
+"""The memory policy (which graphs stay open when), the physical-memory query, and handing freed memory back.
 
-RSS alone misleads for model runtimes: weights read through mmap count in RSS but are clean file-backed
-pages the kernel can drop under pressure, while anonymous memory (heap, arenas, repacked weights) is what
-runs a machine out of memory. On Linux a background thread samples /proc/self/status; elsewhere only the
-kernel's maximum RSS is known.
+    MEMORY_MODES                       what --memory accepts: auto, normal, low, minimal
+    MemoryPolicy.choose(mode, sizes)   the policy for a mode; "auto" decides from the graphs' weight bytes
+    policy.mode                        normal, low or minimal
+    policy.closes_after(stage)         the graphs to close once `stage` is done
+    policy.close(stage, package)       close them (nothing in normal mode)
+    physical_memory()                  bytes of RAM, or None where the system does not say
+    release_memory()                   collect garbage and return freed heap pages to the system
+
+Stages, in the order a run passes them: "conditioning" (text encoders and image adapter done), "identitynet"
+and "unet" (after each call, every step), "denoising" (the sampler loop done), "decoding" (the VAE done).
+
+PeakMemory (measuring a process's peak) lives here until it moves to the tools package.
 """
 
 from __future__ import annotations
@@ -11,12 +19,69 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import os
 import resource
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-MEMORY_MODES = ("auto", "normal", "low", "minimal")  # see InstantIDPipeline
+from .errors import ConfigError
+
+MEMORY_MODES = ("auto", "normal", "low", "minimal")
 _FIELDS = ("RssAnon", "RssFile", "VmRSS")
+_TEXT_AND_IMAGE = ("text_encoder", "text_encoder_2", "image_proj")
+_LOW = {"conditioning": _TEXT_AND_IMAGE, "denoising": ("identitynet", "unet"), "decoding": ("vae_decoder",)}
+# normal keeps every graph open; low closes each once its stage is done, so the peak is the two denoiser graphs;
+# minimal also keeps only one of those two open at a time, reopening them every step (slow, for machines that
+# cannot hold both, such as the full-size fp32 pair on 24 GiB)
+_CLOSES_AFTER = {"normal": {}, "low": _LOW, "minimal": {**_LOW, "identitynet": ("identitynet",), "unet": ("unet",)}}
+STAGES = ("conditioning", "identitynet", "unet", "denoising", "decoding")
+# Loaded weights take about their file size (more while a backend repacks them); activations, the other graphs
+# and the process come on top: beyond this share of RAM, auto holds fewer graphs at once.
+_AUTO_SHARE = 0.45
+
+
+class _Releases(Protocol):
+    def release(self, *names: str) -> None: ...
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory, or None where the system does not tell."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@dataclass(frozen=True)
+class MemoryPolicy:
+    mode: str  # normal, low or minimal
+
+    @classmethod
+    def choose(cls, mode: str, graph_bytes: Mapping[str, int], physical: int | None = None) -> MemoryPolicy:
+        """The policy for `mode`; "auto" compares the graphs' weight bytes (in the format being run) with RAM."""
+        if mode not in MEMORY_MODES:
+            raise ConfigError(f"memory mode must be one of {', '.join(MEMORY_MODES)}, got {mode!r}")
+        if mode != "auto":
+            return cls(mode)
+        physical = physical or physical_memory()
+        if physical is None:
+            return cls("low")
+        if graph_bytes.get("unet", 0) + graph_bytes.get("identitynet", 0) > _AUTO_SHARE * physical:
+            return cls("minimal")
+        return cls("low" if sum(graph_bytes.values()) > _AUTO_SHARE * physical else "normal")
+
+    def closes_after(self, stage: str) -> tuple[str, ...]:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        return _CLOSES_AFTER[self.mode].get(stage, ())
+
+    def close(self, stage: str, package: _Releases) -> None:
+        """Close the sessions this policy frees after `stage`; they reopen on next use."""
+        names = self.closes_after(stage)
+        if names:
+            package.release(*names)
 
 
 def release_memory() -> None:

@@ -4,8 +4,10 @@
     result = pipe(face_rgb, GenerationSettings(prompt="..."))             # many times
     result.images[0]                                                      # HxWx3 uint8
 
-Stages: face analysis and the control image; face tokens (uncond tokens come precomputed in the package);
-text conditioning (cached per prompt); the sampler loop over IdentityNet + UNet; VAE decode.
+Stages: face analysis and the control image (`FaceConditioning`); face tokens (uncond tokens come precomputed in
+the package); text embeddings (cached per prompt); together the noise predictor's `PredictorInputs`; then per
+image the sampler loop over IdentityNet + UNet, the VAE decode and the invisible watermark (provenance/; opt out
+with `pipe.watermark = False`). The memory policy (`pipe.memory`) closes graphs between stages. `prepare` runs everything before the loop, for callers that time stages apart (bench).
 """
 
 from __future__ import annotations
@@ -16,67 +18,61 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends import backend, cache_dir
 from .decode import decode
-from .denoise import Conditioning, StageTimer, make_denoiser
-from .errors import ConfigError, FaceModelError
+from .errors import FaceModelError, check_finite
 from .face import FaceAnalyzer, FaceConditioning, face_conditioning
 from .images import official_size
-from .memory import MEMORY_MODES
-from .package import ModelPackage, default_cache_dir
+from .memory import MemoryPolicy
+from .noise import check_given_noise, image_rng
+from .noise_prediction import PredictorInputs, make_noise_predictor
+from .package import ModelPackage
 from .provenance import watermark_image
 from .sampling import sample
 from .session import SessionOptions
 from .settings import GenerationSettings, time_ids
-from .text import TextEncoder, check_finite
+from .text import TextEncoder
+from .timing import StageTimer
 
 
 @dataclass
 class GenerationResult:
     images: list[np.ndarray]  # HxWx3 uint8 each
-    latents: np.ndarray  # final latents [N, 4, H/8, W/8], before decoding
-    conditioning: FaceConditioning
+    latents: np.ndarray  # final latents [N, C, H/f, W/f], before decoding
+    conditioning: FaceConditioning  # what the photos gave: the face used, the pose, the control image
     settings: GenerationSettings  # with the width and height actually used
     timings: dict = field(default_factory=dict)
     watermarked: bool = False  # images carry the invisible watermark (provenance/)
 
 
-def choose_memory_mode(package: ModelPackage) -> str:
-    """`auto`: from the denoiser graphs' weight bytes against physical memory.
+@dataclass(frozen=True)
+class PreparedRun:
+    """Everything before the sampler loop."""
 
-    Loaded weights take about their file size (more while a backend repacks them); activations, the other
-    graphs and the process come on top.
-    """
-    import os
+    settings: GenerationSettings  # validated, with the output width and height
+    faces: FaceConditioning
+    inputs: PredictorInputs
+    latent_shape: tuple[int, int, int]  # one image's (C, h, w)
+    given_noise: np.ndarray | None  # [N, C, h, w] unit noise given instead of the seed rule
 
-    from .session import FORMAT_OF
-
-    fmt = FORMAT_OF[package.options.backend]
-    sizes = {name: sum(f["bytes"] for f in graph.files.get(fmt, [])) for name, graph in package.manifest.graphs.items()}
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return "low"
-    denoiser = sizes.get("unet", 0) + sizes.get("identitynet", 0)
-    if denoiser > 0.45 * memory:
-        return "minimal"
-    return "low" if sum(sizes.values()) > 0.45 * memory else "normal"
+    def start(self, index: int) -> tuple[np.ndarray, np.random.Generator]:
+        """Image `index`'s starting unit noise [1, C, h, w] and its step generator (noise.image_rng)."""
+        noise, rng = image_rng(self.settings.seed, index, self.latent_shape)
+        if self.given_noise is not None:
+            noise = self.given_noise[index]
+        return noise[None], rng
 
 
 class InstantIDPipeline:
     watermark = True  # result images carry the invisible watermark; `pipe.watermark = False` opts out
 
     def __init__(self, package: ModelPackage, analyzer: FaceAnalyzer, memory: str = "normal"):
-        """`memory`: "normal" keeps every graph open; "low" closes each graph once its stage is done (text
-        encoders and image adapter after conditioning, the VAE after decoding), so the peak is the denoiser's
-        two graphs; "minimal" also keeps only one of IdentityNet and the UNet open at a time, reopening them
-        every step (slow, for machines that cannot hold both); "auto" chooses from sizes and physical memory.
-        """
-        if memory not in MEMORY_MODES:
-            raise ConfigError(f"memory mode must be one of {', '.join(MEMORY_MODES)}, got {memory!r}")
+        """`memory`: a mode of runtime.memory.MEMORY_MODES ("auto" decides from the graphs' sizes and RAM)."""
+        graph_bytes = package.manifest.graph_bytes(backend(package.options.backend).format)
+        self.memory = MemoryPolicy.choose(memory, graph_bytes)
         self.package, self.analyzer = package, analyzer
-        self.memory = choose_memory_mode(package) if memory == "auto" else memory
         self.text = TextEncoder(package)
-        expected = package.architecture["embedding_dim"]
+        expected = package.manifest.architecture.embedding_dim
         if analyzer.embedding_dim != expected:
             raise FaceModelError(
                 f"the face pack {analyzer.pack} gives {analyzer.embedding_dim}-d embeddings but the package expects "
@@ -96,25 +92,9 @@ class InstantIDPipeline:
         cache: bool = True,
     ) -> InstantIDPipeline:
         """`cache=False` keeps OpenVINO from writing compiled blobs (as large as the weights) to disk."""
-        cache_dir = (cache_dir or default_cache_dir()) if cache else None
+        cache_dir = (cache_dir or _openvino_cache()) if cache else None
         options = SessionOptions(backend, threads, cache_dir, precision_hint)
         return cls(ModelPackage(package, options), FaceAnalyzer(face_models), memory)
-
-    def _noise(self, settings: GenerationSettings, given: np.ndarray | None, height: int, width: int) -> np.ndarray:
-        expected = (settings.num_images, 4, height // 8, width // 8)
-        if given is None:
-            from .noise import initial_noise
-
-            return initial_noise(settings.seed, height, width, settings.num_images)
-        given = np.asarray(given, dtype=np.float32)
-        given = given.reshape((1, *given.shape)) if given.ndim == 3 else given
-        if given.shape != expected:
-            raise ConfigError(
-                f"given latents have shape {given.shape}; {width}x{height} x {settings.num_images} needs {expected}"
-            )
-        if not np.isfinite(given).all():
-            raise ConfigError("given latents contain NaN or infinite values")
-        return given
 
     def prepare(
         self,
@@ -123,37 +103,38 @@ class InstantIDPipeline:
         pose_rgb: np.ndarray | None = None,
         noise: np.ndarray | None = None,
         timer: StageTimer | None = None,
-    ) -> tuple[GenerationSettings, FaceConditioning, Conditioning, np.ndarray]:
-        """Everything before the loop: resolved settings, face conditioning, the denoiser's inputs, unit noise."""
+    ) -> PreparedRun:
+        """Face analysis, face tokens and text embeddings, batched for the noise predictor; `noise` checked."""
         settings.validate()
         timer = timer or StageTimer()
         canvas = pose_rgb if pose_rgb is not None else face_rgb
         photo_size = official_size(canvas.shape[1], canvas.shape[0])[1]
         width, height = self.package.output_size(settings.width, settings.height, photo_size)
         settings = replace(settings, width=width, height=height).validate()
-        cond = timer.run("face", face_conditioning, self.analyzer, face_rgb, width, height, pose_rgb)
-        noise = self._noise(settings, noise, height, width)
+        faces = timer.run("face", face_conditioning, self.analyzer, face_rgb, width, height, pose_rgb)
+        shape = self.package.manifest.architecture.latent_shape(height, width)
+        if noise is not None:
+            noise = check_given_noise(noise, (settings.num_images, *shape), f"{width}x{height} x {settings.num_images}")
+        inputs = self._predictor_inputs(settings, faces, timer)
+        self.memory.close("conditioning", self.package)
+        return PreparedRun(settings, faces, inputs, shape, noise)
 
-        embedding = cond.face.embedding.reshape(1, 1, -1).astype(np.float32)
+    def _predictor_inputs(self, settings: GenerationSettings, faces: FaceConditioning, timer) -> PredictorInputs:
+        embedding = faces.face.embedding.reshape(1, 1, -1).astype(np.float32)
         tokens = timer.run("image_proj", self.package.session("image_proj").run, {"image_embeds": embedding})
         tokens = check_finite("image_proj", tokens["image_tokens"])
-        text, pooled = timer.run(
-            "text", self.text.conditioning, settings.prompt, settings.negative_prompt, settings.cfg
-        )
+        text = timer.run("text", self.text.embed, settings.prompt, settings.negative_prompt, settings.cfg)
         batch = 2 if settings.cfg else 1
         if settings.cfg:
             tokens = np.concatenate([self.package.uncond_image_tokens, tokens])
-        control = np.repeat((cond.control.astype(np.float32) / 255).transpose(2, 0, 1)[None], batch, axis=0)
-        conditioning = Conditioning(
-            text=text,
-            pooled=pooled,
+        control = np.repeat((faces.control.astype(np.float32) / 255).transpose(2, 0, 1)[None], batch, axis=0)
+        return PredictorInputs(
+            text=text.hidden,
+            pooled=text.pooled,
             image_tokens=tokens,
-            time_ids=np.array([time_ids(height, width)] * batch, np.float32),
+            time_ids=np.array([time_ids(settings.height, settings.width)] * batch, np.float32),
             control=control,
         )
-        if self.memory != "normal":
-            self.package.release("text_encoder", "text_encoder_2", "image_proj")
-        return settings, cond, conditioning, noise
 
     def __call__(
         self,
@@ -163,16 +144,15 @@ class InstantIDPipeline:
         noise: np.ndarray | None = None,
         progress=None,
     ) -> GenerationResult:
-        """`noise` replaces the seed rule (unit noise, [N, 4, H/8, W/8]); `progress(done, total)` per step."""
+        """`noise` replaces the seed rule (unit noise, [N, C, H/f, W/f]); `progress(done, total)` per step."""
         timer = StageTimer()
-        settings, cond, conditioning, noise = self.prepare(face_rgb, settings, pose_rgb, noise, timer)
-        denoiser = make_denoiser(self.package, conditioning, settings, timer, one_graph=self.memory == "minimal")
-
+        run = self.prepare(face_rgb, settings, pose_rgb, noise, timer)
+        settings = run.settings
+        eps = make_noise_predictor(self.package, run.inputs, settings, timer, self.memory)
         latents, images = [], []
         total = settings.steps * settings.num_images
         for index in range(settings.num_images):
-            rng = np.random.default_rng(settings.seed + index)
-            rng.standard_normal(noise.shape[1:], dtype=np.float32)  # the initial noise's draw: steps come after it
+            start_noise, rng = run.start(index)
             done = index * settings.steps
 
             def step_done(step, done=done):
@@ -180,15 +160,15 @@ class InstantIDPipeline:
                     progress(done + step + 1, total)
 
             start = time.perf_counter()
-            final = sample(settings, self.package.scheduler_config, denoiser, noise[index : index + 1], rng, step_done)
+            final = sample(settings, self.package.scheduler_config, eps, start_noise, rng, step_done)
             timer.seconds["denoise"] += time.perf_counter() - start
             latents.append(final)
-            if self.memory != "normal":
-                self.package.release("identitynet", "unet")
+            self.memory.close("denoising", self.package)
             image = timer.run("decode", decode, self.package, final)
             images.append(timer.run("watermark", watermark_image, image, "runtime") if self.watermark else image)
-            if self.memory != "normal":
-                self.package.release("vae_decoder")
-        timings = {name: round(seconds, 4) for name, seconds in timer.seconds.items()}
-        timings["calls"] = dict(timer.calls)
-        return GenerationResult(images, np.concatenate(latents), cond, settings, timings, self.watermark)
+            self.memory.close("decoding", self.package)
+        return GenerationResult(images, np.concatenate(latents), run.faces, settings, timer.summary(), self.watermark)
+
+
+def _openvino_cache() -> Path:
+    return cache_dir("openvino")

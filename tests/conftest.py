@@ -8,10 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from instantid_edge.runtime.assets import shared_assets
+from instantid_edge.tools.assets import ENV_VAR, shared_assets
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-ASSETS = shared_assets()
+# The assets beside this checkout, found from here rather than from the installed code (which, installed
+# without -e, lives elsewhere); exported so that the library's own defaults (the stand-in's tokenizer, the
+# demo's face pack) find the same folder.
+ASSETS = shared_assets(project_root=Path(__file__).resolve().parents[1])
+if ASSETS is not None:
+    os.environ.setdefault(ENV_VAR, str(ASSETS))
 PACKAGE_ENV = "INSTANTID_EDGE_TEST_PACKAGE"  # a tiny package exported elsewhere (CI's torch-free environment)
 
 

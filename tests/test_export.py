@@ -19,7 +19,7 @@ OTHER_SIZE = {"batch": 1, "height": 96, "width": 160}  # not the size validated 
 def _sizes(height, width, batch):
     from instantid_edge.runtime.manifest import dim_sizes
 
-    return dim_sizes(height, width, batch)
+    return dim_sizes(height, width, batch, vae_scale_factor=8)
 
 
 @pytest.fixture(scope="module")

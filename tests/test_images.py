@@ -103,5 +103,5 @@ def test_images_above_the_pixel_limit_are_refused_before_decoding(tmp_path):
     ],
 )
 def test_official_resize_rule(size, expected):
-    # docs/instantid-architecture.md section 7.2: square -> 1280x1280, 3:4 -> 960x1280, 16:9 -> 1280x704
+    # ../shared/docs/instantid-architecture.md section 7.2: square -> 1280x1280, 3:4 -> 960x1280, 16:9 -> 1280x704
     assert official_size(*size)[1] == expected

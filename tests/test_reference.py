@@ -40,7 +40,7 @@ def test_given_noise_replaces_the_seed_rule(tiny_models, analyzer, face_rgb):
     from instantid_edge.runtime.noise import initial_noise
 
     seeded = _generate(tiny_models, analyzer, face_rgb, seed=5)
-    given = _generate(tiny_models, analyzer, face_rgb, seed=0, noise=initial_noise(5, 128, 128))
+    given = _generate(tiny_models, analyzer, face_rgb, seed=0, noise=initial_noise(5, (4, 16, 16)))
     assert (seeded.latents == given.latents).all()
 
 
@@ -66,7 +66,7 @@ def test_prompt_encoding_equals_diffusers_sdxl(tiny_standin, tiny_models):
     prompt = "a photo of a woman, Hello!! world, " * 6  # over 77 tokens, with the '!!' that tokenizer_2 splits
     with torch.inference_mode():
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(prompt, do_classifier_free_guidance=True)
-        ours, ours_pooled = encode_text(tiny_models, prompt)
+        ours, ours_pooled = encode_text(tiny_models.text, prompt)
     torch.testing.assert_close(ours, embeds, rtol=0, atol=1e-6)
     torch.testing.assert_close(ours_pooled, pooled, rtol=0, atol=1e-6)
     assert not negative.any() and not negative_pooled.any()  # force_zeros_for_empty_prompt
@@ -204,7 +204,7 @@ def test_cli_writes_a_labelled_png_and_the_final_latents(tmp_path, tiny_standin,
     assert _run(_common(tiny_standin, astronaut, face_pack, again) + ["--latents", tmp_path / "noise.npy"]).exit_code
     from instantid_edge.runtime.noise import initial_noise
 
-    np.save(tmp_path / "noise.npy", initial_noise(7, 128, 128))
+    np.save(tmp_path / "noise.npy", initial_noise(7, (4, 16, 16)))
     assert (
         _run(_common(tiny_standin, astronaut, face_pack, again) + ["--latents", tmp_path / "noise.npy"]).exit_code == 0
     )

@@ -53,24 +53,27 @@ def test_backends_agree(pipelines, face_rgb):
 
 
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m", "lcm"])
-def test_every_sampler_runs_with_and_without_cfg(pipelines, face_rgb, sampler):
+def test_every_sampler_runs_each_graph_once_per_step_with_and_without_cfg(pipelines, face_rgb, sampler):
+    """Their values are pinned by tests/test_runtime_golden.py (and each step by tests/test_sampling.py)."""
+    results = {}
     for guidance in (5.0, 1.0):
-        result = pipelines["onnxruntime"](face_rgb, _settings(sampler=sampler, guidance=guidance, seed=4))
-        assert np.isfinite(result.latents).all() and result.images[0].std() > 1
-    calls = pipelines["onnxruntime"](face_rgb, _settings(guidance=1.0)).timings["calls"]
-    assert calls["unet"] == 3 and calls["identitynet"] == 3
+        results[guidance] = pipelines["onnxruntime"](face_rgb, _settings(sampler=sampler, guidance=guidance, seed=4))
+        calls = results[guidance].timings["calls"]
+        assert calls["unet"] == 3 and calls["identitynet"] == 3 and calls["decode"] == 1, (guidance, calls)
+        assert np.isfinite(results[guidance].latents).all() and results[guidance].images[0].std() > 1
+    assert np.abs(results[5.0].latents - results[1.0].latents).max() > 1e-2  # guidance is applied
 
 
 @pytest.mark.parametrize("memory", ["low", "minimal"])
 def test_memory_modes_give_the_same_image_and_keep_no_sessions(runtime_package, face_pack, face_rgb, memory):
-    from instantid_edge.runtime.pipeline import InstantIDPipeline, choose_memory_mode
+    from instantid_edge.runtime.pipeline import InstantIDPipeline
 
     lean = InstantIDPipeline.load(runtime_package, face_models=face_pack, memory=memory)
-    full = InstantIDPipeline.load(runtime_package, face_models=face_pack)
+    full = InstantIDPipeline.load(runtime_package, face_models=face_pack, memory="auto")
     a, b = lean(face_rgb, _settings(seed=8)), full(face_rgb, _settings(seed=8))
     np.testing.assert_array_equal(a.latents, b.latents)
     assert not lean.package._sessions and len(full.package._sessions) == 6
-    assert choose_memory_mode(full.package) == "normal"  # a tiny package fits anywhere
+    assert full.memory.mode == "normal"  # auto: a tiny package fits anywhere
 
 
 def test_identitynet_window_skips_the_graph_outside_it(pipelines, face_rgb):
@@ -91,7 +94,7 @@ def test_given_noise_equals_the_seed_rule(pipelines, face_rgb):
 
     pipe = pipelines["onnxruntime"]
     seeded = pipe(face_rgb, _settings(seed=6, sampler="euler_ancestral"))
-    given = pipe(face_rgb, _settings(seed=6, sampler="euler_ancestral"), noise=initial_noise(6, 128, 128))
+    given = pipe(face_rgb, _settings(seed=6, sampler="euler_ancestral"), noise=initial_noise(6, (4, 16, 16)))
     np.testing.assert_array_equal(seeded.latents, given.latents)
     with pytest.raises(ConfigError, match="given latents have shape"):
         pipe(face_rgb, _settings(), noise=np.zeros((1, 4, 8, 8), np.float32))
@@ -233,6 +236,17 @@ def test_cli_refuses_broken_packages(tmp_path, runtime_package, face_pack, astro
     manifest["schema_version"] = 99
     (future / "manifest.json").write_text(json.dumps(manifest))
     _refused(_generate(future, face_pack, astronaut, out), out, "schema version 99")
+
+    for name, change, message in (
+        ("no-facts", lambda m: m["architecture"].pop("latent_channels"), "architecture lacks latent_channels"),
+        ("long-text", lambda m: m["architecture"].update(text_length=64), "pads to 77 tokens but the text encoders"),
+    ):
+        altered = tmp_path / name
+        shutil.copytree(runtime_package, altered)
+        manifest = json.loads((altered / "manifest.json").read_text())
+        change(manifest)
+        (altered / "manifest.json").write_text(json.dumps(manifest))
+        _refused(_generate(altered, face_pack, astronaut, out), out, message)
 
     mixed = tmp_path / "mixed"  # a graph file whose shapes disagree with the manifest
     shutil.copytree(runtime_package, mixed)

@@ -18,7 +18,7 @@ FULL_COUNTS = {
     "vae_decoder": 49_490_199,
 }
 
-# ip-adapter.bin["image_proj"] of the released file, in order (docs/instantid-architecture.md section 3.3)
+# ip-adapter.bin["image_proj"] of the released file, in order (../shared/docs/instantid-architecture.md section 3.3)
 IMAGE_PROJ_HEAD = [
     "latents",
     "proj_in.weight",

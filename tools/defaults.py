@@ -1,16 +1,30 @@
-"""Which insightface pack to use when none is given: the shared test pack, else antelopev2 (fetched if online)."""
+"""Embedded defaults for commands run without inputs (demo, quantize's calibration, bench): a face photo that
+ships inside an installed package, and a face pack. Each comes with a plain description for the output."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from ..runtime.errors import FaceModelError
 from .assets import shared_assets
-from .errors import FaceModelError
-from .face import DEFAULT_PACK
+
+FACE_PHOTO = "scikit-image's astronaut photo (NASA photo of Eileen Collins, public domain)"
+
+
+def default_face_photo() -> tuple[np.ndarray, str]:
+    """(HxWx3 uint8 RGB, description): scikit-image's astronaut, which ships inside the scikit-image wheel."""
+    from skimage import data
+
+    return data.astronaut(), FACE_PHOTO
 
 
 def default_face_pack(allow_download: bool = True) -> tuple[Path, str]:
-    """(pack folder, a plain description of it) for demos and defaults."""
+    """(pack folder, a plain description of it): the shared 128-d test pack when the assets are there, else
+    antelopev2 from ~/.insightface, downloaded by insightface when allowed and the machine is online."""
+    from ..runtime.face import DEFAULT_PACK  # imports opencv: not at import time, so that --help stays quick
+
     assets = shared_assets()
     if assets is not None and (assets / "insightface" / "models" / "test_pack").is_dir():
         return (

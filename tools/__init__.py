@@ -1,0 +1,13 @@
+"""What export, quantize and bench share that the runtime does not need (the runtime imports nothing from here).
+
+    assets.shared_assets()              the real small test assets: $INSTANTID_EDGE_ASSETS, else ../shared/assets
+                                        beside the source checkout (never relative to the working directory)
+    defaults.default_face_photo()       the embedded face photo (scikit-image's astronaut) and its description
+    defaults.default_face_pack()        the face pack to use when none is given, and its description
+    folders.atomic_folder(out)          build an output folder in hiding, rename it into place when complete
+    folders.require_new_folder(out)     refuse an output folder that exists and is not empty
+    peak_memory.PeakMemory              peak RSS of this process, anonymous apart from memory-mapped files
+    versions.library_versions(names)    installed versions of the named distributions
+
+This package may import the runtime; the runtime must not import it (tests/test_layers.py checks both ways).
+"""
