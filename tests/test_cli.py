@@ -1,0 +1,59 @@
+"""The command line: every command's --help (quick: no model library imported), and `demo` end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from instantid_edge.cli import LAZY_COMMANDS
+
+# --help must not import a model library: it stays instant and works where the extras are not installed
+HEAVY = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "openvino", "nncf", "insightface")
+
+
+def test_every_command_has_help_with_an_example_and_imports_no_model_library():
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom instantid_edge.cli import cli, LAZY_COMMANDS\n"
+        "result = CliRunner().invoke(cli, ['--help'])\n"
+        "assert result.exit_code == 0 and all(name in result.output for name in LAZY_COMMANDS), result.output\n"
+        "for name in LAZY_COMMANDS:\n"
+        "    result = CliRunner().invoke(cli, [name, '--help'])\n"
+        "    assert result.exit_code == 0, (name, result.output)\n"
+        "    assert 'Usage: cli ' + name in result.output and 'Example' in result.output, (name, result.output)\n"
+        f"loaded = sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_command_list_names_every_command():
+    assert sorted(LAZY_COMMANDS) == ["bench", "demo", "export", "generate", "inspect", "quantize", "reference",
+                                     "standin"]  # fmt: skip
+
+
+@pytest.mark.torch
+def test_demo_builds_exports_and_generates_then_reuses_its_package(tmp_path, face_pack):
+    """Without --face-models the demo picks the shared test pack (the test session points the library at the
+    shared assets), which pairs with a 128-d stand-in."""
+    from click.testing import CliRunner
+
+    from instantid_edge.cli import cli
+    from instantid_edge.runtime.provenance import read_record
+
+    out, work = tmp_path / "demo.png", tmp_path / "work"
+    args = ["demo", "--out", str(out), "--work", str(work), "--steps", "2", "--size", "128", "--backend", "onnxruntime"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert "building a tiny random-weight stand-in" in first.output and "TEST face pack" in first.output
+    record = read_record(out)
+    assert record["generator"] == "demo, runtime (onnxruntime)" and record["standin"] is True
+    assert record["settings"]["width"] == 128 and record["settings"]["steps"] == 2
+    assert "astronaut" in record["inputs"]["face photo"]
+    assert sorted(p.name for p in work.iterdir()) == ["package-tiny-128", "standin-tiny-128"]
+
+    again = CliRunner().invoke(cli, [*args[:2], str(tmp_path / "again.png"), *args[3:]])
+    assert again.exit_code == 0, again.output
+    assert "building" not in again.output and "exporting" not in again.output
+    assert (tmp_path / "again.png").read_bytes()[:4] == b"\x89PNG"
