@@ -60,7 +60,9 @@ def test_the_golden_file_is_what_diffusers_gives_now(golden):
     fresh = golden_arrays()
     assert set(fresh) == set(golden)
     for name, array in fresh.items():
-        np.testing.assert_array_equal(array, golden[name], err_msg=f"{name}: regenerate with tests/golden_samplers.py")
+        # identical here; the margin is for another CPU's float rounding in torch, far below any scheduler change
+        np.testing.assert_allclose(array, golden[name], rtol=1e-6, atol=1e-6,
+                                   err_msg=f"{name}: regenerate with tests/golden_samplers.py")  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["euler", "dpmpp_2m"])
