@@ -100,8 +100,9 @@ def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision
     noise = inputs.load_latents()
     pipe = InstantIDPipeline.load(package_dir, backend, threads, inputs.face_models, cache_dir, precision, memory,
                                   cache=not no_cache)  # fmt: skip
-    if pipe.package.standin:
-        click.echo(f"Weights: RANDOM stand-in ({pipe.package.standin['preset']}): not a real model", err=True)
+    standin = pipe.package.manifest.standin
+    if standin:
+        click.echo(f"Weights: RANDOM stand-in ({standin['preset']}): not a real model", err=True)
     load_seconds = time.perf_counter() - start
     from tqdm import tqdm
 
@@ -113,7 +114,7 @@ def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision
         "generator": f"runtime ({backend})",
         "settings": result.settings.to_dict(),
         "package": str(package_dir),
-        "standin": bool(pipe.package.standin),
+        "standin": bool(standin),
         "faces_found": face.num_faces,
         "pose_photo": bool(pose),
     }

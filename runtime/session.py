@@ -13,11 +13,9 @@ from typing import Protocol
 
 import numpy as np
 
+from .backends import backend
 from .errors import PackageError
 from .manifest import GraphInfo, TensorSpec
-
-BACKENDS = ("onnxruntime", "openvino")
-FORMAT_OF = {"onnxruntime": "onnx", "openvino": "openvino"}
 
 
 class Session(Protocol):
@@ -130,13 +128,13 @@ class OvSession:
         return {spec.name: np.asarray(results[i]) for i, spec in enumerate(self.outputs)}
 
 
+_SESSION_TYPES = {"onnxruntime": OrtSession, "openvino": OvSession}  # by backends.BACKENDS name
+
+
 def open_session(graph: GraphInfo, root: Path, options: SessionOptions) -> Session:
-    if options.backend not in BACKENDS:
-        raise PackageError(f"unknown backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
-    path = graph.path(Path(root), FORMAT_OF[options.backend])
+    path = graph.path(Path(root), backend(options.backend).format)
     if not path.is_file():
         raise PackageError(
             f"graph file {path} is missing; the package is incomplete (check it with `instantid-edge inspect`)"
         )
-    cls = OrtSession if options.backend == "onnxruntime" else OvSession
-    return cls(graph, path, options)
+    return _SESSION_TYPES[options.backend](graph, path, options)
