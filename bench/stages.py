@@ -14,9 +14,10 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..runtime.memory import PeakMemory, release_memory
+from ..runtime.memory import release_memory
 from ..runtime.settings import GenerationSettings
 from ..tools.defaults import default_face_photo
+from ..tools.peak_memory import PeakMemory
 
 PROMPT = "a portrait photo of a person, studio lighting, detailed"
 

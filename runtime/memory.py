@@ -10,8 +10,6 @@
 
 Stages, in the order a run passes them: "conditioning" (text encoders and image adapter done), "identitynet"
 and "unet" (after each call, every step), "denoising" (the sampler loop done), "decoding" (the VAE done).
-
-PeakMemory (measuring a process's peak) lives here until it moves to the tools package.
 """
 
 from __future__ import annotations
@@ -20,8 +18,6 @@ import contextlib
 import ctypes
 import gc
 import os
-import resource
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,7 +25,6 @@ from typing import Protocol
 from .errors import ConfigError
 
 MEMORY_MODES = ("auto", "normal", "low", "minimal")
-_FIELDS = ("RssAnon", "RssFile", "VmRSS")
 _TEXT_AND_IMAGE = ("text_encoder", "text_encoder_2", "image_proj")
 _LOW = {"conditioning": _TEXT_AND_IMAGE, "denoising": ("identitynet", "unet"), "decoding": ("vae_decoder",)}
 # normal keeps every graph open; low closes each once its stage is done, so the peak is the two denoiser graphs;
@@ -93,55 +88,3 @@ def release_memory() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _status() -> dict[str, float] | None:
-    try:
-        with open("/proc/self/status") as f:
-            values = {k: int(v.split()[0]) / 2**20 for k, v in (line.split(":", 1) for line in f) if k in _FIELDS}
-    except OSError:
-        return None
-    return values if len(values) == len(_FIELDS) else None
-
-
-@dataclass
-class PeakMemory:
-    """`with PeakMemory() as peak: ...` then peak.rss_gib, peak.anon_gib, peak.file_gib."""
-
-    interval: float = 0.1
-    rss_gib: float = 0.0
-    anon_gib: float = 0.0
-    file_gib: float = 0.0
-
-    def _sample(self) -> None:
-        status = _status()
-        if status:
-            self.rss_gib = max(self.rss_gib, status["VmRSS"])
-            self.anon_gib = max(self.anon_gib, status["RssAnon"])
-            self.file_gib = max(self.file_gib, status["RssFile"])
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> PeakMemory:
-        self._stop = threading.Event()
-        self._sample()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-        if self.rss_gib == 0.0:  # no /proc: the kernel's lifetime maximum is all there is
-            self.rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-    def to_dict(self) -> dict[str, float]:
-        return {"peak_rss_gib": round(self.rss_gib, 2), "peak_anon_gib": round(self.anon_gib, 2),
-                "peak_file_backed_gib": round(self.file_gib, 2)}  # fmt: skip
-
-    def __str__(self) -> str:
-        return (f"peak RSS {self.rss_gib:.2f} GiB (anonymous {self.anon_gib:.2f} GiB; "
-                f"memory-mapped files {self.file_gib:.2f} GiB)")  # fmt: skip
