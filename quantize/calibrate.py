@@ -30,26 +30,13 @@ class Recording:
     feeds: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=lambda: defaultdict(list))
 
 
-class RecordingSession:
-    def __init__(self, session, sink: list):
-        self._session, self._sink = session, sink
-        self.name, self.inputs, self.outputs = session.name, session.inputs, session.outputs
-
-    def run(self, feeds):
-        self._sink.append({name: np.array(value, copy=True) for name, value in feeds.items()})
-        return self._session.run(feeds)
-
-
 def record(pipe, recording: Recording, jobs) -> None:
-    """Run the pipeline over (face_rgb, settings) jobs with every session recording its feeds."""
-    package = pipe.package
-    original = package.session
-    package.session = lambda name: RecordingSession(original(name), recording.feeds[name])
-    try:
+    """Run the pipeline over (face_rgb, settings) jobs, adding every graph's feeds to `recording`."""
+    with pipe.package.recording() as feeds:
         for face_rgb, settings in jobs:
             pipe(face_rgb, settings)
-    finally:
-        package.session = original
+    for name, items in feeds.items():
+        recording.feeds[name].extend(items)
 
 
 def calibration_faces(folder: Path | None) -> list[tuple[str, np.ndarray]]:

@@ -16,20 +16,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..runtime.backends import BACKENDS, backend, backend_for_format
 from ..runtime.cpu import cpu_info
 from ..runtime.errors import ConfigError
-from ..runtime.files import atomic_folder, require_new_folder
-from ..runtime.manifest import MANIFEST, GraphInfo, file_entry, read_manifest, sha256_of
-from ..runtime.memory import PeakMemory, release_memory
+from ..runtime.manifest import MANIFEST, GraphInfo, Manifest, file_entry, read_manifest, sha256_of
+from ..runtime.memory import release_memory
 from ..runtime.pipeline import InstantIDPipeline
 from ..runtime.session import SessionOptions, open_session
 from ..runtime.settings import GenerationSettings
+from ..tools.folders import atomic_folder, require_new_folder
+from ..tools.peak_memory import PeakMemory
 from .calibrate import Recording, calibration_faces, calibration_prompts, record
 from .fidelity import end_to_end, graph_fidelity
 from .integer_kernels import integer_kernel_record
 from .policy import KEEP_FLOAT, policy_for
-
-BACKEND_OF = {"onnx": "onnxruntime", "openvino": "openvino"}
 
 
 @dataclass(frozen=True)
@@ -89,17 +89,10 @@ def _quantize_graph(name, action, graph: GraphInfo, source: Path, work: Path, sa
         for entry in entries:  # drop the links to the fp32 files before writing new ones
             (work / entry["path"]).unlink()
         clock = time.perf_counter()
-        if fmt == "onnx":
-            target = work / name / "model.onnx"
-            quantize_onnx(source / entries[0]["path"], target, action, samples, keep)
-            written = [target] + (
-                [target.with_name("model.onnx.data")] if target.with_name("model.onnx.data").exists() else []
-            )
-        else:
-            target = work / name / "openvino_model.xml"
-            quantize_openvino(source / entries[0]["path"], target, action, samples, keep)
-            written = [target, target.with_suffix(".bin")]
-        files[fmt] = [file_entry(work, p) for p in written]
+        target = work / name / backend_for_format(fmt).model_file
+        quantize = quantize_onnx if fmt == "onnx" else quantize_openvino
+        quantize(source / entries[0]["path"], target, action, samples, keep)
+        files[fmt] = [file_entry(work, p) for p in backend_for_format(fmt).files(work / name)]
         kernels[fmt] = integer_kernel_record(fmt, target)
         log(f"{name}: {fmt} {action} int8 in {time.perf_counter() - clock:.1f} s")
     quantization = {
@@ -130,40 +123,13 @@ def _quantize(request: QuantizeRequest, log) -> dict:
         raise ConfigError(f"--samples must be at least 1, got {request.samples}")
     policy = policy_for(request.method, list(request.graphs) if request.graphs else None, list(manifest.graphs))
     faces, prompts = calibration_faces(request.calibration_faces), calibration_prompts(request.calibration_prompts)
-    shapes = manifest.data["shapes"]
-    size = (shapes["width"], shapes["height"]) if shapes["height"] else (request.calibration_size,) * 2
+    size = manifest.static_size or (request.calibration_size,) * 2
     calibration_jobs, held_out_job = _calibration_jobs(faces, prompts, request, size)
-
-    backend = "onnxruntime" if "onnx" in manifest.formats else "openvino"
-    # "auto": the full-size fp32 denoiser graphs do not fit 24 GiB together; they then take turns
-    pipe = InstantIDPipeline.load(request.package, backend=backend, face_models=request.face_models, memory="auto")
-    calibration, held_out = Recording(), Recording()
-    clock = time.perf_counter()
-    if any(action in ("hybrid", "full") for action in policy.values()):
-        record(pipe, calibration, calibration_jobs)
-    record(pipe, held_out, [held_out_job])
-    del pipe  # every session closed before the quantizers load their graphs
-    release_memory()
-    log(f"calibration: {len(calibration_jobs)} image(s) at {size[0]}x{size[1]}, {request.steps} steps, "
-        f"in {time.perf_counter() - clock:.1f} s")  # fmt: skip
+    calibration, held_out = _record_inputs(request, manifest, policy, calibration_jobs, held_out_job, log)
 
     with atomic_folder(request.out) as work:
         _link_tree(request.package, work)
-        graphs, fidelity = dict(manifest.graphs), {}
-        for name, action in policy.items():
-            if action == "fp32":
-                continue
-            samples = calibration.feeds.get(name, [])[: request.samples]
-            graphs[name] = _quantize_graph(name, action, manifest.graphs[name], request.package, work, samples, log)
-            fidelity[name] = {}
-            for fmt in graphs[name].files:
-                options = SessionOptions(backend=BACKEND_OF[fmt])
-                fidelity[name][BACKEND_OF[fmt]] = graph_fidelity(
-                    open_session(manifest.graphs[name], request.package, options),
-                    open_session(graphs[name], work, options),
-                    held_out.feeds[name],
-                )
-                release_memory()
+        graphs, fidelity = _quantize_graphs(request, manifest, policy, work, calibration, held_out, log)
         data = dict(manifest.data)
         data["graphs"] = {name: graph.to_dict() for name, graph in graphs.items()}
         data["quantization"] = {
@@ -187,18 +153,61 @@ def _quantize(request: QuantizeRequest, log) -> dict:
         }
         data["files"] = [file_entry(work, p) for p in sorted(work.rglob("*")) if p.is_file() and p.name != MANIFEST]
         (work / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
-        end = {}
-        face, settings = held_out_job
-        for fmt in sorted({fmt for graph in graphs.values() for fmt in graph.files}):
-            results = []
-            for source in (request.package, work):  # one after the other: never two full pipelines in memory
-                pipe = InstantIDPipeline.load(source, BACKEND_OF[fmt], face_models=request.face_models, memory="auto")
-                results.append(pipe(face, settings))
-                del pipe
-                release_memory()
-            end[BACKEND_OF[fmt]] = end_to_end(*results)
-        data["quantization"]["fidelity"]["end_to_end"] = end
+        data["quantization"]["fidelity"]["end_to_end"] = _end_to_end(request, graphs, work, held_out_job)
         (work / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
         read_manifest(work)
     log(f"quantized in {time.perf_counter() - start:.1f} s")
     return data["quantization"]
+
+
+def _record_inputs(request, manifest: Manifest, policy, calibration_jobs, held_out_job, log):
+    """(calibration, held-out) feeds of every graph, from runs of the fp32 package's pipeline."""
+    name = next(name for name in BACKENDS if backend(name).format in manifest.formats)  # ONNX Runtime first
+    # "auto": the full-size fp32 denoiser graphs do not fit 24 GiB together; they then take turns
+    pipe = InstantIDPipeline.load(request.package, backend=name, face_models=request.face_models, memory="auto")
+    calibration, held_out = Recording(), Recording()
+    clock = time.perf_counter()
+    if any(action in ("hybrid", "full") for action in policy.values()):
+        record(pipe, calibration, calibration_jobs)
+    record(pipe, held_out, [held_out_job])
+    del pipe  # every session closed before the quantizers load their graphs
+    release_memory()
+    settings = calibration_jobs[0][1]
+    log(f"calibration: {len(calibration_jobs)} image(s) at {settings.width}x{settings.height}, {request.steps} steps, "
+        f"in {time.perf_counter() - clock:.1f} s")  # fmt: skip
+    return calibration, held_out
+
+
+def _quantize_graphs(request, manifest: Manifest, policy, work: Path, calibration, held_out, log):
+    """({name: GraphInfo} with the quantized graphs written into `work`, per-graph fidelity on held-out feeds)."""
+    graphs, fidelity = dict(manifest.graphs), {}
+    for name, action in policy.items():
+        if action == "fp32":
+            continue
+        samples = calibration.feeds.get(name, [])[: request.samples]
+        graphs[name] = _quantize_graph(name, action, manifest.graphs[name], request.package, work, samples, log)
+        fidelity[name] = {}
+        for fmt in graphs[name].files:
+            options = SessionOptions(backend=backend_for_format(fmt).name)
+            fidelity[name][options.backend] = graph_fidelity(
+                open_session(manifest.graphs[name], request.package, options),
+                open_session(graphs[name], work, options),
+                held_out.feeds[name],
+            )
+            release_memory()
+    return graphs, fidelity
+
+
+def _end_to_end(request, graphs: dict[str, GraphInfo], work: Path, held_out_job) -> dict:
+    """Per backend: the held-out image from the fp32 package against the int8 one."""
+    end = {}
+    face, settings = held_out_job
+    for fmt in sorted({fmt for graph in graphs.values() for fmt in graph.files}):
+        name, results = backend_for_format(fmt).name, []
+        for source in (request.package, work):  # one after the other: never two full pipelines in memory
+            pipe = InstantIDPipeline.load(source, name, face_models=request.face_models, memory="auto")
+            results.append(pipe(face, settings))
+            del pipe
+            release_memory()
+        end[name] = end_to_end(*results)
+    return end
