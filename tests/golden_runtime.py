@@ -20,7 +20,6 @@ import numpy as np
 
 FIXTURE = Path(__file__).parent / "data" / "runtime_golden.npz"
 THREADS = 2  # pinned: a kernel may split its sums differently for another thread count
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
 BASE = {"prompt": "a portrait of an astronaut", "height": 128, "width": 128, "steps": 3}
 
 # name -> (backend, memory mode, settings overrides, pose photo or None)
@@ -79,16 +78,10 @@ def package_digest(package: Path) -> str:
 
 def machine() -> dict[str, str]:
     """What decides the exact bits: the CPU's vector extensions and the backend libraries."""
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    from instantid_edge.runtime.cpu import cpu_info
+
     versions = {name: importlib.metadata.version(name) for name in ("onnxruntime", "openvino", "numpy")}
-    return {"isa": ",".join(f for f in ISA_FLAGS if f in flags), "threads": str(THREADS), **versions}
+    return {"isa": ",".join(cpu_info().isa), "threads": str(THREADS), **versions}
 
 
 def run_case(name: str, package: Path, face_pack: Path, faces: Path, pipelines: dict):
