@@ -10,15 +10,13 @@ def _shape(spec) -> str:
 
 
 def summary(manifest: Manifest) -> str:
-    data = manifest.data
-    standin = data["source"].get("standin")
-    static = data["shapes"]["height"] is not None
+    data, standin, static = manifest.data, manifest.standin, manifest.static_size
     lines = [
         f"package {manifest.root} (schema {data['schema_version']}, made {data.get('created', '?')} by "
         f"instantid-edge {data['producer'].get('instantid_edge', '?')})",
         "weights: "
         + (f"RANDOM stand-in ({standin.get('preset')})" if standin else "from " + data["source"]["checkpoint"]),
-        "shapes: " + (f"static {data['shapes']['width']}x{data['shapes']['height']}" if static else "dynamic"),
+        "shapes: " + (f"static {static[0]}x{static[1]}" if static else "dynamic"),
     ]
     if data["source"].get("loras"):
         lines.append("loras fused: " + ", ".join(f"{x['file']} x{x['scale']}" for x in data["source"]["loras"]))
