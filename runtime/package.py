@@ -1,10 +1,11 @@
 """A model package opened for inference: sessions created on first use, constants and configs loaded.
 
     package = ModelPackage(root, SessionOptions(backend="openvino"))
-    package.session(name).run(feeds)       # opened on first use
-    package.release(*names)                # closed until next use (the memory policy decides when)
-    with package.recording() as feeds:     # every graph's feeds copied into feeds[name] (quantize calibrates so)
-        ...
+    package.session(name).run(feeds)    # opened on first use
+    package.release(*names)             # closed until next use (the memory policy decides when)
+    with package.recording() as feeds:  # every graph's feeds copied into feeds[name] (quantize calibrates so)
+
+Which backends exist and which files each opens: backends.py. When to release what: memory.MemoryPolicy.
 """
 
 from __future__ import annotations
