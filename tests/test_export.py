@@ -16,12 +16,6 @@ FP32_ATOL = 1e-4
 OTHER_SIZE = {"batch": 1, "height": 96, "width": 160}  # not the size validated at export, and not square
 
 
-def _sizes(height, width, batch):
-    from instantid_edge.runtime.manifest import dim_sizes
-
-    return dim_sizes(height, width, batch, vae_scale_factor=8)
-
-
 @pytest.fixture(scope="module")
 def manifest(tiny_package):
     from instantid_edge.runtime.manifest import read_manifest
@@ -54,7 +48,9 @@ def test_every_graph_matches_pytorch_at_a_new_size(manifest, loader, name, backe
     from instantid_edge.export.package import ExportRequest, _dims, _graph_module
 
     graph = manifest.graph(name)
-    feeds = example_inputs(list(graph.inputs), _sizes(OTHER_SIZE["height"], OTHER_SIZE["width"], 1), seed=7)
+    feeds = example_inputs(
+        list(graph.inputs), manifest.architecture.dim_sizes(OTHER_SIZE["height"], OTHER_SIZE["width"], 1), seed=7
+    )
     module, _ = _graph_module(name, loader, _dims(loader, ExportRequest(loader.paths.ip_adapter.parent, manifest.root)))
     with torch.inference_mode():
         expected = module(*as_torch(feeds))
@@ -70,7 +66,7 @@ def test_identitynet_at_scale_zero_returns_zeros(manifest, backend):
     from instantid_edge.export.graphs import example_inputs
 
     graph = manifest.graph("identitynet")
-    feeds = example_inputs(list(graph.inputs), _sizes(128, 128, 2))
+    feeds = example_inputs(list(graph.inputs), manifest.architecture.dim_sizes(128, 128, 2))
     feeds["conditioning_scale"] = np.array(0.0, np.float32)
     outputs = _session(manifest, "identitynet", backend).run(feeds)
     assert len(outputs) == 10 and all(not value.any() for value in outputs.values())
@@ -84,7 +80,7 @@ def test_unet_at_ip_scale_zero_is_the_unet_without_ip_attention(manifest, tiny_s
     from instantid_edge.export.graphs import example_inputs
 
     graph = manifest.graph("unet")
-    feeds = example_inputs(list(graph.inputs), _sizes(128, 128, 2), seed=3)
+    feeds = example_inputs(list(graph.inputs), manifest.architecture.dim_sizes(128, 128, 2), seed=3)
     feeds["ip_scale"] = np.array(0.0, np.float32)
     plain = UNet2DConditionModel.from_pretrained(tiny_standin / "sdxl" / "unet").eval()
     t = {k: torch.from_numpy(np.array(v)) for k, v in feeds.items()}
@@ -183,7 +179,7 @@ def test_a_lora_fused_at_export_equals_diffusers_with_the_lora_loaded(tmp_path, 
     load_ip_weights(
         install_ip_attention(pipe.unet, 16, holder), load_ip_adapter(tiny_standin / "ip-adapter.bin")["ip_adapter"]
     )
-    feeds = example_inputs(list(manifest.graph("unet").inputs), _sizes(128, 128, 2), seed=4)
+    feeds = example_inputs(list(manifest.graph("unet").inputs), manifest.architecture.dim_sizes(128, 128, 2), seed=4)
     with torch.inference_mode():
         expected = _diffusers_unet(pipe.unet, feeds)
         pipe.unet.disable_lora()

@@ -168,11 +168,12 @@ def test_no_saved_integer_kernel_can_saturate_without_vnni(request, method):
 
 
 def _graph_feeds(package: Path, name: str, rng) -> dict[str, np.ndarray]:
-    from instantid_edge.runtime.manifest import dim_sizes, read_manifest
+    from instantid_edge.runtime.manifest import read_manifest
 
-    sizes = dim_sizes(64, 64, batch=2)
+    manifest = read_manifest(package)
+    sizes = manifest.architecture.dim_sizes(64, 64, batch=2)
     feeds = {}
-    for spec in read_manifest(package).graph(name).inputs:
+    for spec in manifest.graph(name).inputs:
         shape = [sizes[d] if isinstance(d, str) else d for d in spec.shape]
         if spec.dtype == "int64":
             feeds[spec.name] = rng.integers(0, 1000, shape).astype(np.int64)
