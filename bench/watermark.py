@@ -23,9 +23,10 @@ import click
 import numpy as np
 from PIL import Image
 
-from ..runtime.assets import shared_assets
 from ..runtime.provenance.payload import Payload
 from ..runtime.provenance.watermark import THRESHOLD_Z, detect, embed, false_positive_bound
+from ..tools.assets import shared_assets
+from ..tools.defaults import default_face_photo
 
 SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png",
                   "coffee.png", "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png",
@@ -105,11 +106,7 @@ def generated_outputs(package: Path, face_models: Path, sizes=(768, 1024), seeds
 
     pipe = InstantIDPipeline.load(package, face_models=face_models)
     pipe.watermark = False
-    face = load_rgb(_shared_faces()[0]) if _shared_faces() else None
-    if face is None:
-        from skimage import data
-
-        face = data.astronaut()
+    face = load_rgb(_shared_faces()[0]) if _shared_faces() else default_face_photo()[0]
     outputs = []
     for size in sizes:
         for seed in seeds:
@@ -268,7 +265,12 @@ def markdown(results: dict) -> str:
 @click.option("--face-models", type=click.Path(path_type=Path), help="Face pack for --package.")
 @click.option("--repeat", type=int, default=5, show_default=True, help="Timed embed + detect runs.")
 def bench_watermark(out, package, face_models, repeat):
-    """Measure the watermark: detection under attacks, false positives, PSNR, embed/detect time."""
+    """Measure the watermark: detection under attacks, false positives, PSNR, embed/detect time.
+
+    \b
+    Example:
+      instantid-edge bench-watermark --out bench/results/watermark.json --package pkg --face-models pack
+    """
     results = run(package, face_models, repeat, log=lambda line: click.echo(line, err=True))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

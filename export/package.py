@@ -21,6 +21,7 @@ import torch
 from .. import __version__
 from ..runtime.backends import FORMATS, backend_for_format
 from ..runtime.errors import CheckpointError, ConfigError, ExportError
+from ..runtime.files import atomic_folder, require_new_folder
 from ..runtime.manifest import (
     GRAPH_NAMES,
     MANIFEST,
@@ -37,7 +38,6 @@ from ..runtime.memory import release_memory
 from ..runtime.session import SessionOptions, open_session
 from ..runtime.settings import check_size
 from ..runtime.tokenizer import ClipTokenizer
-from ..tools.folders import atomic_folder, require_new_folder
 from ..tools.peak_memory import PeakMemory
 from ..tools.versions import library_versions
 from .architecture import vae_scale_factor

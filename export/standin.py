@@ -30,8 +30,8 @@ from torch import nn
 
 from .. import __version__
 from ..runtime.errors import ConfigError
+from ..runtime.files import atomic_folder
 from ..tools.assets import shared_assets
-from ..tools.folders import atomic_folder
 from .architecture import SDXL_MODEL_INDEX, SDXL_SCHEDULER, Architecture, architecture
 from .ip_attention import IPScale, install_ip_attention, ip_key_shapes
 from .resampler import Resampler

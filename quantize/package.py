@@ -19,12 +19,12 @@ from pathlib import Path
 from ..runtime.backends import BACKENDS, backend, backend_for_format
 from ..runtime.cpu import cpu_info
 from ..runtime.errors import ConfigError
+from ..runtime.files import atomic_folder, require_new_folder
 from ..runtime.manifest import MANIFEST, GraphInfo, Manifest, file_entry, read_manifest, sha256_of
 from ..runtime.memory import release_memory
 from ..runtime.pipeline import InstantIDPipeline
 from ..runtime.session import SessionOptions, open_session
 from ..runtime.settings import GenerationSettings
-from ..tools.folders import atomic_folder, require_new_folder
 from ..tools.peak_memory import PeakMemory
 from .calibrate import Recording, calibration_faces, calibration_prompts, record
 from .fidelity import end_to_end, graph_fidelity

@@ -7,7 +7,8 @@
 Stages: face analysis and the control image (`FaceConditioning`); face tokens (uncond tokens come precomputed in
 the package); text embeddings (cached per prompt); together the noise predictor's `PredictorInputs`; then per
 image the sampler loop over IdentityNet + UNet, the VAE decode and the invisible watermark (provenance/; opt out
-with `pipe.watermark = False`). The memory policy (`pipe.memory`) closes graphs between stages. `prepare` runs everything before the loop, for callers that time stages apart (bench).
+with `pipe.watermark = False`). The memory policy (`pipe.memory`) closes graphs between stages. `prepare` runs
+everything before the loop, for callers that time stages apart (bench).
 """
 
 from __future__ import annotations

@@ -4,8 +4,6 @@
                                         beside the source checkout (never relative to the working directory)
     defaults.default_face_photo()       the embedded face photo (scikit-image's astronaut) and its description
     defaults.default_face_pack()        the face pack to use when none is given, and its description
-    folders.atomic_folder(out)          build an output folder in hiding, rename it into place when complete
-    folders.require_new_folder(out)     refuse an output folder that exists and is not empty
     peak_memory.PeakMemory              peak RSS of this process, anonymous apart from memory-mapped files
     versions.library_versions(names)    installed versions of the named distributions
 

@@ -125,6 +125,8 @@ def init(folder, organisation, days):
     """Make FOLDER with a CA (ca.pem, ca.key) and a signer it issued (signer.pem, signer.key).
 
     \b
+    Example:
+      instantid-edge provenance init ~/instantid-signing --organisation "Photo booth, Main St."
     Keep ca.key offline; give ca.pem to whoever verifies. Then sign every output with:
       export INSTANTID_EDGE_SIGNER=FOLDER      (or --sign FOLDER on generate and mark)
     and verify with:
