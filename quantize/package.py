@@ -27,7 +27,7 @@ from ..runtime.session import SessionOptions, open_session
 from ..runtime.settings import GenerationSettings
 from ..tools.peak_memory import PeakMemory
 from .calibrate import Recording, calibration_faces, calibration_prompts, record
-from .fidelity import end_to_end, graph_fidelity
+from .fidelity import end_to_end, graph_fidelity, run_all
 from .integer_kernels import integer_kernel_record
 from .policy import KEEP_FLOAT, policy_for
 
@@ -164,7 +164,7 @@ def _record_inputs(request, manifest: Manifest, policy, calibration_jobs, held_o
     """(calibration, held-out) feeds of every graph, from runs of the fp32 package's pipeline."""
     name = next(name for name in BACKENDS if backend(name).format in manifest.formats)  # ONNX Runtime first
     # "auto": the full-size fp32 denoiser graphs do not fit 24 GiB together; they then take turns
-    pipe = InstantIDPipeline.load(request.package, backend=name, face_models=request.face_models, memory="auto")
+    pipe = InstantIDPipeline.load(request.package, name, face_models=request.face_models, memory="auto", cache=False)
     calibration, held_out = Recording(), Recording()
     clock = time.perf_counter()
     if any(action in ("hybrid", "full") for action in policy.values()):
@@ -189,12 +189,11 @@ def _quantize_graphs(request, manifest: Manifest, policy, work: Path, calibratio
         fidelity[name] = {}
         for fmt in graphs[name].files:
             options = SessionOptions(backend=backend_for_format(fmt).name)
-            fidelity[name][options.backend] = graph_fidelity(
-                open_session(manifest.graphs[name], request.package, options),
-                open_session(graphs[name], work, options),
-                held_out.feeds[name],
-            )
+            reference = run_all(open_session(manifest.graphs[name], request.package, options), held_out.feeds[name])
             release_memory()
+            produced = run_all(open_session(graphs[name], work, options), held_out.feeds[name])
+            release_memory()
+            fidelity[name][options.backend] = graph_fidelity(reference, produced)
     return graphs, fidelity
 
 
@@ -205,7 +204,7 @@ def _end_to_end(request, graphs: dict[str, GraphInfo], work: Path, held_out_job)
     for fmt in sorted({fmt for graph in graphs.values() for fmt in graph.files}):
         name, results = backend_for_format(fmt).name, []
         for source in (request.package, work):  # one after the other: never two full pipelines in memory
-            pipe = InstantIDPipeline.load(source, name, face_models=request.face_models, memory="auto")
+            pipe = InstantIDPipeline.load(source, name, face_models=request.face_models, memory="auto", cache=False)
             results.append(pipe(face, settings))
             del pipe
             release_memory()
