@@ -148,7 +148,7 @@ class CheckpointLoader:
 
     def text_encoder(self, which: str = "text_encoder"):
         model = self._sdxl_model(which).eval()
-        fuse_loras(model, which, self.loras, self.unet_config)
+        fuse_loras(model, which, self.loras)
         return model
 
     def text_models(self) -> TextModels:
@@ -178,7 +178,7 @@ class CheckpointLoader:
     def unet(self, num_image_tokens: int) -> tuple[torch.nn.Module, IPScale]:
         """The UNet with LoRAs fused and IP attention installed; its IP scale holder."""
         unet = self._sdxl_model("unet").eval()
-        fuse_loras(unet, "unet", self.loras, unet.config)
+        fuse_loras(unet, "unet", self.loras)
         scale = IPScale(1.0)
         installed = install_ip_attention(unet, num_image_tokens, scale)
         try:
