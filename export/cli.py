@@ -37,13 +37,18 @@ PRESET_CHOICE = click.Choice(PRESETS)
 )
 @click.option("--dtype", type=click.Choice(["fp16", "fp32"]), help="Weight storage (default: fp16 for full).")
 @click.option("--single-file", is_flag=True, help="Write the SDXL base as one original-layout sdxl.safetensors.")
+@click.option(
+    "--fast-path",
+    is_flag=True,
+    help="Also write OUT/fast-path/: few-step LoRAs (Lightning, Hyper-SD, LCM, DMD2) and TAESD-XL, as released.",
+)
 @click.option("--describe", is_flag=True, help="Print parameter counts as JSON (meta device, no weights).")
-def standin(preset, out, seed, embedding_dim, tokenizer, dtype, single_file, describe):
+def standin(preset, out, seed, embedding_dim, tokenizer, dtype, single_file, fast_path, describe):
     """Write a random-weight stand-in of InstantID in the real on-disk layout.
 
     \b
     Example:
-      instantid-edge standin --preset tiny --embedding-dim 128 --out /tmp/standin-tiny
+      instantid-edge standin --preset tiny --embedding-dim 128 --out /tmp/standin-tiny --fast-path
       instantid-edge standin --preset full --describe
     """
     from .standin import build_standin
@@ -57,7 +62,7 @@ def standin(preset, out, seed, embedding_dim, tokenizer, dtype, single_file, des
     import torch
 
     torch_dtype = {"fp16": torch.float16, "fp32": torch.float32, None: None}[dtype]
-    report = build_standin(out, preset, seed, embedding_dim, tokenizer, torch_dtype, single_file)
+    report = build_standin(out, preset, seed, embedding_dim, tokenizer, torch_dtype, single_file, fast_path)
     click.echo(json.dumps(report, indent=2))
     click.echo(f"Wrote a RANDOM-WEIGHT stand-in ({preset}) to {out}; it is not a real model.", err=True)
 

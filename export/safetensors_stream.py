@@ -17,15 +17,10 @@ import torch
 _DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16"}
 
 
-def write_safetensors(
-    path: Path,
-    specs: Iterable[tuple[str, tuple[int, ...]]],
-    dtype: torch.dtype,
-    make: Callable[[str, tuple[int, ...]], torch.Tensor],
-    metadata: dict[str, str] | None = None,
-) -> int:
-    """Write tensors `make(name, shape)` (cast to `dtype`) in the order of `specs`; returns the byte size."""
-    specs = [(name, tuple(shape)) for name, shape in specs]
+def safetensors_header(
+    specs: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype, metadata: dict[str, str] | None
+) -> tuple[bytes, int]:
+    """(the padded JSON header, the data byte count) for tensors laid out in the order of `specs`."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     header, offset = {}, 0
     for name, shape in specs:
@@ -36,9 +31,28 @@ def write_safetensors(
             "data_offsets": [offset, offset + size],
         }
         offset += size
-    header["__metadata__"] = {"format": "pt", **(metadata or {})}
+    if metadata is not None:
+        header["__metadata__"] = metadata
     encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
+    return encoded + b" " * (-len(encoded) % 8), offset
+
+
+def write_safetensors(
+    path: Path,
+    specs: Iterable[tuple[str, tuple[int, ...]]],
+    dtype: torch.dtype,
+    make: Callable[[str, tuple[int, ...]], torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    with_format: bool = True,
+) -> int:
+    """Write tensors `make(name, shape)` (cast to `dtype`) in the order of `specs`; returns the byte size.
+
+    The metadata is {"format": "pt", **metadata}, or exactly `metadata` (None: none) when not `with_format`.
+    """
+    specs = [(name, tuple(shape)) for name, shape in specs]
+    encoded, data_bytes = safetensors_header(
+        specs, dtype, {"format": "pt", **(metadata or {})} if with_format else metadata
+    )
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
@@ -47,4 +61,4 @@ def write_safetensors(
             if tuple(tensor.shape) != shape:
                 raise ValueError(f"{name}: made shape {tuple(tensor.shape)}, expected {shape}")
             f.write(tensor.numpy().tobytes())
-    return 8 + len(encoded) + offset
+    return 8 + len(encoded) + data_bytes

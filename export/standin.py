@@ -261,10 +261,12 @@ def build_standin(
     tokenizer: Path | None = None,
     dtype: torch.dtype | None = None,
     single_file: bool = False,
+    fast_path: bool = False,
 ) -> dict:
     """Write a stand-in checkpoint set to `out` (atomically); returns a report with sizes and peak RSS.
 
-    With `single_file`, the SDXL base is one original-layout `sdxl.safetensors` (tokenizers beside it).
+    With `single_file`, the SDXL base is one original-layout `sdxl.safetensors` (tokenizers beside it). With
+    `fast_path`, `out/fast-path/` also gets stand-ins of the few-step LoRAs and TAESD-XL (fast_path_standin.py).
     """
     start = time.perf_counter()
     tokenizer = tokenizer or default_tokenizer_source()
@@ -279,6 +281,11 @@ def build_standin(
         _copy_tokenizers(Path(tokenizer), work / "sdxl")
         models = meta_models(architecture(preset, embedding_dim))
         sizes = _write_sdxl(work / "sdxl", models, seed, dtype) | _write_instantid(work, models, seed, dtype)
+        if fast_path:
+            from .fast_path_standin import write_fast_path
+
+            fast = write_fast_path(work / "fast-path", models.unet, preset, seed)
+            sizes["fast_path"] = {entry["file"]: entry["bytes"] for entry in fast["files"]}
         if single_file:
             sizes["sdxl_single_file"] = _to_single_file(work, preset, embedding_dim, dtype)
         report = {

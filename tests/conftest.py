@@ -55,14 +55,20 @@ def analyzer(face_pack):
 
 @pytest.fixture(scope="session")
 def tiny_standin(tmp_path_factory, assets) -> Path:
-    """A tiny random-weight InstantID set (128-d face embeddings, to pair with the test face pack)."""
+    """A tiny random-weight InstantID set (128-d face embeddings, to pair with the test face pack), with the
+    fast-path stand-ins (few-step LoRAs, TAESD-XL) in fast-path/."""
     if not HAS_TORCH:
         pytest.skip("building a stand-in needs torch")
     from instantid_edge.export.standin import build_standin
 
     out = tmp_path_factory.mktemp("standin") / "tiny"
-    build_standin(out, "tiny", seed=0, embedding_dim=128)
+    build_standin(out, "tiny", seed=0, embedding_dim=128, fast_path=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def fast_path(tiny_standin) -> Path:
+    return tiny_standin / "fast-path"
 
 
 @pytest.fixture(scope="session")
