@@ -33,6 +33,8 @@ SCHEMA = "instantid-edge/model-package"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPH_NAMES = ("text_encoder", "text_encoder_2", "image_proj", "identitynet", "unet", "vae_decoder", "vae_encoder")
+TINY_DECODER = "vae_decoder_tiny"  # TAESD-XL: a graph only packages exported with --tiny-decoder have
+DECODER_GRAPHS = {"full": "vae_decoder", "tiny": TINY_DECODER}  # what --decoder chooses
 # IdentityNet's outputs / the UNet's residual inputs: 9 down residuals (the UNet's skip features) and the mid
 # residual, with their latent strides.
 RESIDUALS = tuple(f"down_{i}" for i in range(9)) + ("mid",)

@@ -4,16 +4,16 @@ A sampler takes a `NoisePredictor` `eps(model_input, t, step)` (the UNet's noise
 would feed it at that step), the starting latents, a `Schedule` and an explicit numpy Generator, and returns the
 final latents. Each follows its diffusers scheduler step for step (tests/test_sampling.py compares every step
 with recorded diffusers trajectories): `euler` (EulerDiscreteScheduler, the SDXL default), `euler_ancestral`,
-`dpmpp_2m` (DPMSolverMultistep, dpmsolver++ order 2) and `lcm` (LCMScheduler).
+`dpmpp_2m` (DPMSolverMultistep, dpmsolver++ order 2), `lcm` (LCMScheduler) and `tcd` (TCDScheduler).
 
-Public surface: `SAMPLERS` (name -> `Sampler`: its function, its schedule, and whether it takes Karras sigmas
-and a timestep spacing), `sampler_for` (the one check of a sampler name and its options), `make_schedule`,
-`sample`. A new sampler is one function plus one `Sampler` entry.
+Public surface: `SAMPLERS` (name -> `Sampler`: its function, its schedule, and which options it takes: Karras
+sigmas, a timestep spacing, explicit timesteps, eta), `sampler_for` (the one check of a sampler name and its
+options), `make_schedule`, `sample`. A new sampler is one function plus one `Sampler` entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +32,7 @@ class Schedule:
     sigmas: np.ndarray  # one more than timesteps (ends at 0); unused by lcm
     init_sigma: float  # unit noise is scaled by this
     alphas_cumprod: np.ndarray  # float32 [num_train_timesteps]
+    eta: float = 0.0  # tcd: the stochastic share of each step (TCD's gamma)
 
 
 def alphas_cumprod(config: dict) -> np.ndarray:
@@ -107,14 +108,26 @@ def dpm_schedule(config: dict, steps: int, spacing: str | None = None, karras: b
     )
 
 
-def lcm_schedule(config: dict, steps: int, original_steps: int = 50) -> Schedule:
-    """LCMScheduler.set_timesteps: `steps` evenly chosen from the 50 timesteps LCM was distilled on."""
+def consistency_schedule(
+    config: dict, steps: int, timesteps=None, eta: float = 0.0, original_steps: int = 50
+) -> Schedule:
+    """LCMScheduler/TCDScheduler.set_timesteps: `steps` evenly chosen from the 50 timesteps they were distilled
+    on, or the explicit `timesteps` (set_timesteps(timesteps=...)), e.g. DMD2's 999/749/499/249."""
     n = int(config["num_train_timesteps"])
-    origin = (np.arange(1, original_steps + 1) * (n // original_steps) - 1)[::-1]
-    if steps > original_steps:
-        raise ConfigError(f"the lcm sampler takes at most {original_steps} steps, got {steps}")
-    timesteps = origin[np.floor(np.linspace(0, original_steps, steps, endpoint=False)).astype(np.int64)]
-    return Schedule(timesteps.astype(np.float32), np.zeros(steps + 1, np.float32), 1.0, alphas_cumprod(config))
+    if timesteps is not None:
+        timesteps = np.asarray(timesteps)
+        if timesteps.max() >= n:  # the rest of the rule: sampler_for
+            raise ConfigError(f"timesteps must be below the scheduler's {n} training timesteps, got {timesteps.tolist()}")
+    else:
+        origin = (np.arange(1, original_steps + 1) * (n // original_steps) - 1)[::-1]
+        if steps > original_steps:
+            raise ConfigError(
+                f"{steps} steps asked for, but this sampler picks from the {original_steps} timesteps it was distilled "
+                f"on: ask for at most {original_steps}, or give explicit timesteps"
+            )
+        timesteps = origin[np.floor(np.linspace(0, original_steps, steps, endpoint=False)).astype(np.int64)]
+    zeros = np.zeros(steps + 1, np.float32)
+    return Schedule(timesteps.astype(np.float32), zeros, 1.0, alphas_cumprod(config), float(eta))
 
 
 def euler(eps: NoisePredictor, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None) -> np.ndarray:
@@ -198,13 +211,35 @@ def lcm(eps: NoisePredictor, x: np.ndarray, s: Schedule, rng: np.random.Generato
     return x
 
 
+def tcd(eps: NoisePredictor, x: np.ndarray, s: Schedule, rng: np.random.Generator, callback=None) -> np.ndarray:
+    """Trajectory consistency: predict the clean latents, step to an earlier point s = floor((1 - eta) * t_next)
+    of the trajectory, then re-noise from s to the next timestep (not after the last step, nor when eta = 0)."""
+    last = len(s.timesteps) - 1
+    for i, t in enumerate(s.timesteps):
+        following = int(s.timesteps[i + 1]) if i < last else 0
+        earlier = int(np.floor(np.float32(1 - s.eta) * np.float32(following)))  # float32, as TCDScheduler.step
+        a_t, a_next, a_s = (s.alphas_cumprod[k] for k in (int(t), following, earlier))
+        noise = eps(x, float(t), i)
+        x0 = (x - np.sqrt(1 - a_t) * noise) / np.sqrt(a_t)
+        x = (np.sqrt(a_s) * x0 + np.sqrt(1 - a_s) * noise).astype(np.float32)
+        if s.eta > 0 and i < last:
+            ratio = np.float32(a_next / a_s)
+            fresh = rng.standard_normal(x.shape, dtype=np.float32)
+            x = (np.sqrt(ratio) * x + np.sqrt(1 - ratio) * fresh).astype(np.float32)
+        if callback:
+            callback(i)
+    return x
+
+
 @dataclass(frozen=True)
 class Sampler:
     name: str
     run: Callable[..., np.ndarray]  # (eps, latents, schedule, rng, callback) -> final latents
     schedule: Callable[..., Schedule]  # (config, steps[, spacing][, karras]) -> Schedule
     karras: bool  # takes Karras sigmas
-    spacing: bool  # takes a timestep spacing (lcm picks from the timesteps it was distilled on)
+    spacing: bool  # takes a timestep spacing (lcm and tcd pick from the timesteps they were distilled on)
+    timesteps: bool = False  # takes explicit timesteps instead
+    eta: float | None = None  # takes an eta, and its default (None: takes none)
 
 
 SAMPLERS = {
@@ -213,14 +248,24 @@ SAMPLERS = {
         Sampler("euler", euler, euler_schedule, karras=True, spacing=True),
         Sampler("euler_ancestral", euler_ancestral, euler_schedule, karras=False, spacing=True),
         Sampler("dpmpp_2m", dpmpp_2m, dpm_schedule, karras=True, spacing=True),
-        Sampler("lcm", lcm, lcm_schedule, karras=False, spacing=False),
+        Sampler("lcm", lcm, consistency_schedule, karras=False, spacing=False, timesteps=True),
+        # eta 0.3: TCDScheduler.step's default
+        Sampler("tcd", tcd, consistency_schedule, karras=False, spacing=False, timesteps=True, eta=0.3),
     )
 }
 SAMPLER_NAMES = tuple(SAMPLERS)
 
 
-def sampler_for(name: str, spacing: str | None = None, karras: bool = False) -> Sampler:
-    """The sampler called `name`, refusing options it does not take (none is ever dropped silently)."""
+def sampler_for(
+    name: str,
+    spacing: str | None = None,
+    karras: bool = False,
+    timesteps: Sequence[int] | None = None,
+    eta: float | None = None,
+    steps: int | None = None,
+) -> Sampler:
+    """The sampler called `name`, refusing options it does not take (none is ever dropped silently) and option
+    values it cannot use; explicit `timesteps` must be as many as `steps` when that is given."""
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}")
     sampler = SAMPLERS[name]
@@ -230,16 +275,48 @@ def sampler_for(name: str, spacing: str | None = None, karras: bool = False) -> 
     if spacing is not None and spacing not in SPACINGS:
         raise ConfigError(f"timestep spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
     if spacing is not None and not sampler.spacing:
-        raise ConfigError(f"the {name} sampler takes no timestep spacing (it uses the timesteps it was distilled on)")
+        hint = ", or --timesteps" if sampler.timesteps else ""
+        raise ConfigError(
+            f"the {name} sampler takes no timestep spacing (it uses the timesteps it was distilled on{hint})"
+        )
+    if timesteps is not None:
+        _check_timesteps(name, sampler, list(timesteps), steps)
+    if eta is not None and (sampler.eta is None or not 0 <= eta <= 1):
+        with_eta = " and ".join(n for n, s in SAMPLERS.items() if s.eta is not None)
+        raise ConfigError(f"eta is for the {with_eta} sampler, between 0 and 1; got {eta} with {name}")
     return sampler
 
 
-def make_schedule(name: str, config: dict, steps: int, spacing: str | None = None, karras: bool = False) -> Schedule:
-    """`spacing` None: the scheduler config's (SDXL: leading)."""
-    sampler = sampler_for(name, spacing, karras)
+def _check_timesteps(name: str, sampler: Sampler, timesteps: list[int], steps: int | None) -> None:
+    if not sampler.timesteps:
+        with_timesteps = " and ".join(n for n, s in SAMPLERS.items() if s.timesteps)
+        raise ConfigError(f"explicit timesteps apply to the {with_timesteps} samplers, not {name}")
+    if steps is not None and len(timesteps) != steps:
+        raise ConfigError(f"{len(timesteps)} timesteps given for {steps} steps; give as many as the steps")
+    decreasing = all(b < a for a, b in zip(timesteps, timesteps[1:], strict=False))
+    if not timesteps or not decreasing or timesteps[-1] < 0:
+        raise ConfigError(f"timesteps must decrease strictly and be 0 or more, got {timesteps}")
+
+
+def make_schedule(
+    name: str,
+    config: dict,
+    steps: int,
+    spacing: str | None = None,
+    karras: bool = False,
+    timesteps: Sequence[int] | None = None,
+    eta: float | None = None,
+) -> Schedule:
+    """`spacing` None: the scheduler config's (SDXL: leading); `timesteps` None: the sampler's own; `eta` None:
+    the sampler's default."""
+    sampler = sampler_for(name, spacing, karras, timesteps, eta, steps)
     options = {"spacing": spacing} if sampler.spacing else {}
     if sampler.karras:
         options["karras"] = karras
+    if sampler.timesteps:
+        options["timesteps"] = timesteps
+    if sampler.eta is not None:
+        options["eta"] = sampler.eta if eta is None else eta
     return sampler.schedule(config, steps, **options)
 
 
@@ -247,7 +324,13 @@ def sample(settings, scheduler_config: dict, eps: NoisePredictor, noise: np.ndar
            callback=None) -> np.ndarray:  # fmt: skip
     """Run `settings.sampler` from unit `noise`; the step noise of stochastic samplers comes from `rng`."""
     schedule = make_schedule(
-        settings.sampler, scheduler_config, settings.steps, settings.timestep_spacing, settings.karras
+        settings.sampler,
+        scheduler_config,
+        settings.steps,
+        settings.timestep_spacing,
+        settings.karras,
+        settings.timesteps,
+        settings.eta,
     )
     start = (noise * np.float32(schedule.init_sigma)).astype(np.float32)
     return SAMPLERS[settings.sampler].run(eps, start, schedule, rng, callback)

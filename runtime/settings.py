@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .errors import ConfigError
+from .manifest import DECODER_GRAPHS
 from .sampling import sampler_for
 
 MIN_SIDE, MAX_SIDE = 64, 4096
@@ -39,8 +40,11 @@ class GenerationSettings:
     control_end: float = 1.0
     sampler: str = "euler"
     karras: bool = False  # Karras sigmas (samplers that take them: see sampling.SAMPLERS)
-    timestep_spacing: str | None = None  # None: the package's scheduler config (SDXL: leading); not for lcm
+    timestep_spacing: str | None = None  # None: the package's scheduler config (SDXL: leading); not for lcm/tcd
     num_images: int = 1  # image i uses seed + i
+    eta: float | None = None  # tcd: the stochastic share of each step (None: the sampler's default)
+    timesteps: tuple[int, ...] | None = None  # lcm/tcd: explicit timesteps, e.g. DMD2's 999/749/499/249
+    decoder: str = "full"  # a key of manifest.DECODER_GRAPHS: the VAE decoder, or TAESD-XL ("tiny")
 
     def validate(self) -> GenerationSettings:
         if not 1 <= self.steps <= 1000:
@@ -57,7 +61,9 @@ class GenerationSettings:
                 f"the IdentityNet window must satisfy 0 <= start < end <= 1, got "
                 f"{self.control_start}..{self.control_end}"
             )
-        sampler_for(self.sampler, self.timestep_spacing, self.karras)
+        sampler_for(self.sampler, self.timestep_spacing, self.karras, self.timesteps, self.eta, self.steps)
+        if self.decoder not in DECODER_GRAPHS:
+            raise ConfigError(f"decoder must be one of {', '.join(DECODER_GRAPHS)}, got {self.decoder!r}")
         if not 1 <= self.num_images <= MAX_IMAGES:
             raise ConfigError(f"num-images must be between 1 and {MAX_IMAGES}, got {self.num_images}")
         if not 0 <= self.seed < 2**63:

@@ -8,7 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from golden_samplers import CASES, FIXTURE, SDXL, STEP_NOISE_SEED, case_key, start_noise, toy_noise_prediction
+from golden_samplers import (
+    CASES,
+    CONSISTENCY,
+    FIXTURE,
+    OPTION_CASES,
+    SDXL,
+    STEP_NOISE_SEED,
+    case_key,
+    option_key,
+    start_noise,
+    toy_noise_prediction,
+    trailing_timesteps,
+)
 
 from instantid_edge.runtime import sampling
 
@@ -33,7 +45,7 @@ def test_sampler_matches_diffusers_at_every_step(golden, name, steps, spacing, k
     key = case_key(name, steps, spacing, karras)
     schedule = sampling.make_schedule(name, SDXL, steps, spacing, karras)
     np.testing.assert_allclose(schedule.timesteps, golden[f"{key}.timesteps"], rtol=0, atol=1e-3)
-    if name != "lcm":
+    if name not in CONSISTENCY:
         np.testing.assert_allclose(schedule.sigmas, golden[f"{key}.sigmas"], rtol=1e-6, atol=1e-6)
     assert schedule.init_sigma == pytest.approx(float(golden[f"{key}.init_sigma"]), rel=1e-6)
 
@@ -51,6 +63,63 @@ def test_sampler_matches_diffusers_at_every_step(golden, name, steps, spacing, k
     for step in range(1, steps):
         scale = float((schedule.sigmas[step] ** 2 + 1) ** 0.5) if name in ("euler", "euler_ancestral") else 1.0
         np.testing.assert_allclose(inputs[step] * scale, expected[step - 1], rtol=0, atol=ATOL * scale)
+
+
+def _run_recording(name, schedule, start):
+    """The numpy sampler's final latents and what it gave the model at each step."""
+    inputs = []
+
+    def recording(model_input, t, step):
+        inputs.append(model_input)
+        return toy_noise_prediction(model_input, t, step)
+
+    final = sampling.SAMPLERS[name].run(recording, start, schedule, np.random.default_rng(STEP_NOISE_SEED))
+    return final, inputs
+
+
+@pytest.mark.parametrize("name, steps, timesteps, eta", OPTION_CASES)
+def test_consistency_samplers_with_explicit_timesteps_and_eta_match_diffusers_at_every_step(
+    golden, name, steps, timesteps, eta
+):
+    """TCDScheduler (eta = its gamma) on its own 50-step grid or explicit timesteps, LCMScheduler on explicit
+    timesteps (set_timesteps(timesteps=...)), for 1, 2, 4 and 8 steps: the fast path's samplers."""
+    key = option_key(name, steps, timesteps, eta)
+    schedule = sampling.make_schedule(name, SDXL, steps, timesteps=timesteps, eta=eta)
+    np.testing.assert_array_equal(schedule.timesteps, golden[f"{key}.timesteps"])
+    if timesteps and steps == 4:
+        assert schedule.timesteps.tolist() == [999, 749, 499, 249]  # DMD2's README
+    final, inputs = _run_recording(name, schedule, start_noise())
+    expected = golden[f"{key}.outputs"]
+    assert len(inputs) == steps == len(expected)
+    np.testing.assert_allclose(final, expected[-1], rtol=0, atol=ATOL)
+    for step in range(1, steps):
+        np.testing.assert_allclose(inputs[step], expected[step - 1], rtol=0, atol=ATOL)
+
+
+def test_tcd_eta_0_draws_no_step_noise_and_eta_changes_the_result():
+    def final(eta, seed):
+        schedule = sampling.make_schedule("tcd", SDXL, 4, eta=eta)
+        return sampling.tcd(toy_noise_prediction, start_noise(), schedule, np.random.default_rng(seed))
+
+    np.testing.assert_array_equal(final(0.0, 1), final(0.0, 99))
+    assert not np.allclose(final(0.3, 1), final(0.3, 99))
+    assert not np.allclose(final(0.0, 1), final(0.3, 1))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("steps", [2, 4, 8])
+def test_tcd_with_trailing_timesteps_and_eta_0_is_ddim_trailing(steps):
+    """Hyper-SD's README samples its 2/4/8-step LoRAs with DDIMScheduler(timestep_spacing="trailing"): our
+    Hyper profiles are TCD on those timesteps with eta 0, which is that sampler step for step."""
+    from diffusers import DDIMScheduler
+    from golden_samplers import diffusers_trajectory
+
+    ddim = DDIMScheduler.from_config({**SDXL, "timestep_spacing": "trailing"})
+    ddim.set_timesteps(steps)
+    schedule = sampling.make_schedule("tcd", SDXL, steps, timesteps=trailing_timesteps(steps), eta=0.0)
+    np.testing.assert_array_equal(schedule.timesteps, ddim.timesteps.numpy().astype(np.float32))
+    final, _ = _run_recording("tcd", schedule, start_noise())
+    np.testing.assert_allclose(final, diffusers_trajectory(ddim, steps, eta=0.0)[-1], rtol=0, atol=ATOL)
 
 
 @pytest.mark.torch
@@ -124,3 +193,38 @@ def test_options_a_sampler_does_not_take_are_refused_not_dropped(sampler, option
                                   timestep_spacing=options.get("spacing"))  # fmt: skip
     with pytest.raises(ConfigError, match=message):
         settings.validate()
+
+
+@pytest.mark.parametrize(
+    "sampler, options, message",
+    [
+        ("euler", {"eta": 0.5}, "eta is for the tcd sampler"),
+        ("lcm", {"eta": 0.5}, "eta is for the tcd sampler"),
+        ("tcd", {"eta": 1.5}, "between 0 and 1; got 1.5"),
+        ("euler", {"timesteps": (999, 499)}, "explicit timesteps apply to the lcm and tcd samplers, not euler"),
+        ("tcd", {"timesteps": (999, 749, 499)}, "3 timesteps given for 2 steps"),
+        ("lcm", {"timesteps": (499, 999)}, "must decrease strictly"),
+        ("lcm", {"timesteps": (999, -1)}, "0 or more"),
+        ("tcd", {"spacing": "trailing"}, "takes no timestep spacing .* or --timesteps"),
+    ],
+)
+def test_the_fast_path_options_are_checked_against_the_sampler_they_belong_to(sampler, options, message):
+    from instantid_edge.runtime.errors import ConfigError
+    from instantid_edge.runtime.settings import GenerationSettings
+
+    given = {"timesteps": options.get("timesteps"), "eta": options.get("eta")}
+    with pytest.raises(ConfigError, match=message):
+        sampling.make_schedule(sampler, SDXL, 2, options.get("spacing"), **given)
+    settings = GenerationSettings("a portrait", sampler=sampler, steps=2, timestep_spacing=options.get("spacing"),
+                                  **given)  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        settings.validate()
+
+
+def test_explicit_timesteps_must_lie_on_the_schedulers_training_timesteps():
+    from instantid_edge.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="below the scheduler's 1000 training timesteps"):
+        sampling.make_schedule("lcm", SDXL, 2, timesteps=(1000, 500))
+    with pytest.raises(ConfigError, match="at most 50, or give explicit timesteps"):
+        sampling.make_schedule("tcd", SDXL, 51)
