@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..runtime.backends import BACKENDS, FORMATS
-from ..runtime.cli_options import generation_options, settings_from_options
+from ..runtime.cli_options import explicit_options, generation_options, sampler_options, settings_from_options
 from .architecture import PRESETS
 
 PRESET_CHOICE = click.Choice(PRESETS)
@@ -75,14 +75,24 @@ def standin(preset, out, seed, embedding_dim, tokenizer, dtype, single_file, fas
     help="SDXL base elsewhere: a diffusers folder or a single-file .safetensors.",
 )
 @generation_options
+@sampler_options
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="Fuse a LoRA (repeatable), as export.")
+@click.option(
+    "--tiny-decoder",
+    type=click.Path(exists=True, path_type=Path),
+    help="Decode with TAESD-XL (taesdxl_decoder.pth, its .safetensors or an AutoencoderTiny folder).",
+)
 @click.option("--threads", type=int, help="torch intra-op threads (default: torch's choice).")
-def reference(checkpoint, base, threads, **options):
+def reference(checkpoint, base, loras, tiny_decoder, threads, **options):
     """Generate a portrait with the PyTorch reference pipeline (the oracle for the runtime).
 
     \b
     Example:
       instantid-edge reference /tmp/standin-tiny --face photo.jpg --prompt "a portrait, oil painting" \\
           --out portrait.png --steps 30 --seed 42
+      instantid-edge reference checkpoints --face me.jpg --prompt "a portrait" --out ref.png \\
+          --lora sdxl_lightning_4step_lora.safetensors --sampler euler --timestep-spacing trailing --steps 4 \\
+          --guidance 0 --tiny-decoder taesdxl_decoder.pth
     """
     import torch
 
@@ -91,17 +101,20 @@ def reference(checkpoint, base, threads, **options):
     from ..runtime.images import load_rgb
     from ..runtime.provenance import save_png
     from .checkpoint import locate_checkpoint
+    from .lora import LoraSpec
     from .reference import generate
     from .reference_models import load_reference_models
 
-    settings, inputs = settings_from_options(options)
+    options["decoder"] = "tiny" if tiny_decoder else "full"
+    settings, inputs = settings_from_options(options, explicit_options(click.get_current_context()))
+    lora_specs = [LoraSpec.parse(text) for text in loras]
     face_rgb = load_rgb(inputs.face)  # cheap checks first: a bad photo or path fails before models load
     noise = inputs.load_latents()
     paths = locate_checkpoint(checkpoint, base)
     analyzer = FaceAnalyzer(inputs.face_models)
     if threads:
         torch.set_num_threads(threads)
-    models = load_reference_models(paths)
+    models = load_reference_models(paths, loras=lora_specs, tiny_decoder=tiny_decoder)
     if models.standin:
         click.echo(f"Weights: {models.standin['warning']} (preset {models.standin['preset']})", err=True)
     with click.progressbar(length=settings.steps, label="denoising", file=sys.stderr) as bar:
@@ -120,6 +133,7 @@ def reference(checkpoint, base, threads, **options):
             "height": result.conditioning.height,
         },
         "checkpoint": str(checkpoint),
+        "loras": [spec.record() for spec in lora_specs],
         "standin": bool(models.standin),
         "faces_found": face.num_faces,
     }
@@ -177,15 +191,27 @@ def demo(out, face_models, work, backend, steps, size):
 @click.option("--height", type=int, help="Export static shapes for this output height (with --width).")
 @click.option("--width", type=int, help="Export static shapes for this output width (with --height).")
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="Fuse a LoRA (repeatable).")
+@click.option(
+    "--profile",
+    metavar="NAME",
+    help="The few-step distillation the --lora holds (lightning-4step, hyper-1step, lcm-4step, dmd2-4step, ...); "
+    "default: identified by sha256 or the released file name.",
+)
+@click.option(
+    "--tiny-decoder",
+    type=click.Path(exists=True, path_type=Path),
+    help="Also export TAESD-XL as graph vae_decoder_tiny: taesdxl_decoder.pth, its .safetensors, or the "
+    "madebyollin/taesdxl (AutoencoderTiny) folder.",
+)
 @click.option("--base", type=click.Path(path_type=Path), help="SDXL base elsewhere (diffusers folder or .safetensors).")
-def export(checkpoint, out, fmt, height, width, loras, base):
+def export(checkpoint, out, fmt, height, width, loras, profile, tiny_decoder, base):
     """Export UNet, IdentityNet, the image adapter, both text encoders and the VAE to a model package.
 
     \b
     Example:
       instantid-edge export /tmp/standin-tiny --out /tmp/pkg-tiny
       instantid-edge export checkpoints --out pkg-768 --format openvino --height 768 --width 768 \\
-          --lora lcm-lora-sdxl.safetensors:1.0
+          --lora sdxl_lightning_4step_lora.safetensors --tiny-decoder taesdxl_decoder.pth
     """
     from .lora import LoraSpec
     from .package import ExportRequest, export_package
@@ -198,5 +224,7 @@ def export(checkpoint, out, fmt, height, width, loras, base):
         width=width,
         loras=tuple(LoraSpec.parse(text) for text in loras),
         base=base,
+        profile=profile,
+        tiny_decoder=tiny_decoder,
     )
     export_package(request, log=lambda line: click.echo(line, err=True))

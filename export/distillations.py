@@ -9,7 +9,8 @@ confirmed without the files:
   README: Euler with "trailing" timesteps, guidance_scale 0.
 - Hyper-SD: ByteDance/Hyper-SD, commit 2900d27 "upload SDXL loras": 787,359,648 bytes each, fp32, metadata
   {"format": "pt"}. README: the 1-step LoRA with TCDScheduler, eta 1.0; the 2/4/8-step LoRAs with DDIM and
-  trailing spacing, guidance 0 (TCD with trailing timesteps and eta 0 is that DDIM, step for step).
+  trailing spacing, guidance 0 (TCD on the trailing timesteps with eta 0 is that DDIM, step for step:
+  tests/test_sampling.py).
 - LCM-LoRA SDXL: latent-consistency/lcm-lora-sdxl `pytorch_lora_weights.safetensors`; trained by diffusers'
   train_lcm_distill_lora_sdxl.py (LoraConfig r=64, PEFT's default lora_alpha 8) and saved in kohya keys: a
   public copy of 393,854,624 bytes is the Lightning layout plus {"format": "pt"}; the current hub file adds
@@ -27,6 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..runtime.errors import ConfigError
+from ..runtime.manifest import RunProfile
+from ..runtime.sampling import trailing_timesteps
+
+SDXL_TIMESTEPS = 1000  # SDXL's training timesteps (scheduler_config num_train_timesteps), which they index
 
 
 @dataclass(frozen=True)
@@ -37,16 +42,15 @@ class Release:
     dtype: str  # safetensors dtype of every tensor, alphas included
     metadata: dict | None  # the safetensors __metadata__ the release carries
     released_bytes: int | None  # size of the released file (full SDXL), when known
-    run: dict  # sampler, timestep_spacing, steps, guidance, eta, timesteps
+    run: RunProfile  # its sampler, spacing, steps, guidance, eta and timesteps (the decoder is the package's)
     sha256: dict[str, str] = field(default_factory=dict)  # known hashes -> where they were seen
     folder: str | None = None  # the hub repo folder, for generic file names
     rank: int = 64
     alpha: float = 8.0
 
 
-def _run(sampler, steps, spacing=None, eta=None, timesteps=None, guidance=0.0) -> dict:
-    return {"sampler": sampler, "timestep_spacing": spacing, "steps": steps, "guidance": guidance, "eta": eta,
-            "timesteps": list(timesteps) if timesteps else None}  # fmt: skip
+def _run(sampler, steps, spacing=None, eta=None, timesteps=None, guidance=0.0) -> RunProfile:
+    return RunProfile(sampler, spacing, steps, guidance, eta, tuple(timesteps) if timesteps else None)
 
 
 _LIGHTNING = {2: "04fafc778385b24144498a8247498ae4fb7a69f702ea0566bdce2845a31fcc43",
@@ -63,7 +67,8 @@ RELEASES: tuple[Release, ...] = (
       for n, sha in _LIGHTNING.items()),
     *(Release(f"hyper-{n}step", "Hyper-SD", f"Hyper-SDXL-{n}step{'s' if n > 1 else ''}-lora.safetensors", "F32",
               {"format": "pt"}, 787_359_648,
-              _run("tcd", n, eta=1.0) if n == 1 else _run("tcd", n, spacing="trailing", eta=0.0),
+              _run("tcd", n, eta=1.0) if n == 1 else _run("tcd", n, timesteps=trailing_timesteps(SDXL_TIMESTEPS, n),
+                                                          eta=0.0),
               {sha: "ByteDance/Hyper-SD"})
       for n, sha in _HYPER.items()),
     Release("lcm-4step", "LCM-LoRA SDXL", "pytorch_lora_weights.safetensors", "F16", {"format": "pt"}, 393_854_624,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..runtime.manifest import RESIDUAL_STRIDES, RESIDUALS, TensorSpec, latent_size
+from ..runtime.manifest import RESIDUAL_STRIDES, RESIDUALS, TINY_DECODER, TensorSpec, latent_size
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,7 @@ def specs(name: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec]]:
     ]
     c, n = d.latent_channels, d.text_length
     ids = TensorSpec("input_ids", "int64", (b, n))
+    decoder = ([_f32("latents", b, c, h, w)], [_f32("image", b, 3, ph, pw)])
     table = {
         "text_encoder": ([ids], [_f32("hidden_states", b, n, d.text_widths[0])]),
         "text_encoder_2": ([ids], [_f32("hidden_states", b, n, d.text_widths[1]), _f32("text_embeds", b, d.pooled)]),
@@ -163,7 +164,8 @@ def specs(name: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec]]:
             ],
             [_f32("noise_pred", b, c, h, w)],
         ),  # fmt: skip
-        "vae_decoder": ([_f32("latents", b, c, h, w)], [_f32("image", b, 3, ph, pw)]),
+        "vae_decoder": decoder,
+        TINY_DECODER: decoder,  # the same contract: runtime/decode.py runs either
         "vae_encoder": ([_f32("image", b, 3, ph, pw)], [_f32("latents", b, c, h, w)]),
     }
     return table[name]

@@ -27,6 +27,7 @@ from ..runtime.manifest import (
     MANIFEST,
     SCHEMA,
     SCHEMA_VERSION,
+    TINY_DECODER,
     GraphInfo,
     ModelFacts,
     dim_sizes,
@@ -58,7 +59,9 @@ from .lora import LoraSpec
 from .onnx_export import export_onnx
 from .onnx_files import remove_onnx
 from .openvino_export import convert_to_openvino
+from .profiles import FusedLora, identify_loras, log_profiles, package_profiles
 from .reference_models import CheckpointLoader
+from .taesd import TinyDecoderGraph, load_tiny_decoder
 
 # An fp32 export should agree with PyTorch to float rounding; beyond this (relative to the output's largest
 # magnitude) something in the graph is wrong.
@@ -75,6 +78,8 @@ class ExportRequest:
     width: int | None = None
     loras: tuple[LoraSpec, ...] = ()
     base: Path | None = None
+    profile: str | None = None  # the distillation the LoRA holds (distillations.PROFILES); else identified
+    tiny_decoder: Path | None = None  # TAESD-XL weights (.pth, .safetensors or AutoencoderTiny folder)
 
     def validate(self) -> ExportRequest:
         unknown = set(self.formats) - set(FORMATS)
@@ -148,8 +153,27 @@ def _sizes(dims: Dims) -> dict[str, int]:
     return dim_sizes(dims.height or VALIDATION_SIZE, dims.width or VALIDATION_SIZE, 2, dims.vae_scale_factor)
 
 
-def _graph_module(name: str, loader: CheckpointLoader, dims: Dims):
+def _tiny_decoder(path: Path, latent_channels: int):
+    decoder = load_tiny_decoder(path)
+    channels = decoder[1].in_channels
+    if channels != latent_channels:
+        raise CheckpointError(
+            f"{path.name} decodes {channels}-channel latents (a tiny autoencoder for another model, e.g. taef2 is "
+            f"FLUX.2's); SDXL's latents have {latent_channels}: use taesdxl_decoder.pth or madebyollin/taesdxl"
+        )
+    return decoder
+
+
+def _graph_module(name: str, loader: CheckpointLoader, dims: Dims, tiny_decoder: Path | None = None):
     """(wrapper module, baked facts) for one graph; each call loads its component afresh."""
+    if name == TINY_DECODER:
+        decoder = _tiny_decoder(tiny_decoder, dims.latent_channels)
+        return TinyDecoderGraph(decoder), {
+            "architecture": "TAESD (madebyollin/taesd), output mapped to [-1, 1]",
+            "source": tiny_decoder.name,
+            "sha256": sha256_of(tiny_decoder) if tiny_decoder.is_file() else None,
+            "params": sum(p.numel() for p in decoder.parameters()),
+        }
     if name in ("text_encoder", "text_encoder_2"):
         return TextEncoderGraph(loader.text_encoder(name), pooled=name == "text_encoder_2"), {
             "hidden_states": "penultimate layer (hidden_states[-2])",
@@ -177,11 +201,13 @@ def _compare(reference: dict[str, np.ndarray], produced: dict[str, np.ndarray]) 
     return {"max_abs_error": error, "reference_max_abs": scale, "relative_error": error / max(scale, 1e-12)}
 
 
-def _export_graph(name: str, loader: CheckpointLoader, dims: Dims, work: Path, formats, log) -> GraphInfo:
+def _export_graph(
+    name: str, loader: CheckpointLoader, dims: Dims, work: Path, formats, log, tiny_decoder: Path | None = None
+) -> GraphInfo:
     clock = time.perf_counter()
     inputs, outputs = specs(name, dims)
     feeds = example_inputs(inputs, _sizes(dims))
-    module, baked = _graph_module(name, loader, dims)
+    module, baked = _graph_module(name, loader, dims, tiny_decoder)
     with torch.inference_mode():
         result = module(*as_torch(feeds))
     result = result if isinstance(result, tuple) else (result,)
@@ -237,10 +263,12 @@ def _versions() -> dict:
     return {"instantid_edge": __version__} | library_versions(names)
 
 
-def _source_files(paths: CheckpointPaths, loras) -> dict[str, str]:
+def _source_files(paths: CheckpointPaths, loras, tiny_decoder: Path | None = None) -> dict[str, str]:
     files = [paths.ip_adapter, *sorted(paths.identitynet.iterdir())]
     files += [paths.base] if paths.base_is_single_file else sorted(p for p in paths.base.rglob("*") if p.is_file())
     files += [lora.path for lora in loras]
+    if tiny_decoder is not None:
+        files += sorted(p for p in tiny_decoder.rglob("*") if p.is_file()) if tiny_decoder.is_dir() else [tiny_decoder]
     root = paths.ip_adapter.parent
     return {
         (str(p.relative_to(root)) if p.is_relative_to(root) else str(p)): sha256_of(p) for p in files if p.is_file()
@@ -260,22 +288,35 @@ def _export(request: ExportRequest, log: Callable[[str], None]) -> None:
     paths = locate_checkpoint(request.checkpoint, request.base)
     loader = CheckpointLoader(paths, torch.float32, list(request.loras))
     dims = _dims(loader, request)
+    # every input is checked before the first graph is exported: a bad LoRA or decoder fails in seconds
+    fused: list[FusedLora] = identify_loras(request.loras, request.profile, dict(loader.unet_config))
+    for lora in fused:
+        log(f"LoRA {lora.spec.path.name} x{lora.spec.scale}: " + (lora.identified.how if lora.identified else "not a "
+            "known few-step distillation"))  # fmt: skip
+    if request.tiny_decoder is not None:
+        _tiny_decoder(request.tiny_decoder, dims.latent_channels)
+    names = GRAPH_NAMES + ((TINY_DECODER,) if request.tiny_decoder is not None else ())
+    profiles = package_profiles(fused, request.tiny_decoder is not None)
+    log_profiles(profiles, log)
     with atomic_folder(request.out) as work:
-        graphs = {name: _export_graph(name, loader, dims, work, request.formats, log) for name in GRAPH_NAMES}
+        graphs = {
+            name: _export_graph(name, loader, dims, work, request.formats, log, request.tiny_decoder) for name in names
+        }
         (work / "constants").mkdir()
         with torch.inference_mode():
             uncond = loader.resampler()(torch.zeros(1, 1, dims.embedding)).numpy()
         np.save(work / "constants" / "uncond_image_tokens.npy", uncond)
         (work / "scheduler").mkdir()
         (work / "scheduler" / "scheduler_config.json").write_text(json.dumps(loader.scheduler_config, indent=2))
-        manifest = _manifest(request, paths, loader, dims, graphs, _copy_tokenizers(loader, work), uncond.shape)
+        tokenizers = _copy_tokenizers(loader, work)
+        manifest = _manifest(request, paths, loader, dims, graphs, tokenizers, uncond.shape, fused, profiles)
         manifest["files"] = [file_entry(work, p) for p in sorted(work.rglob("*")) if p.is_file()]
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         read_manifest(work)  # what we wrote must read back
     log(f"exported in {time.perf_counter() - start:.1f} s")
 
 
-def _manifest(request, paths, loader, dims, graphs, tokenizers, uncond_shape) -> dict:
+def _manifest(request, paths, loader, dims, graphs, tokenizers, uncond_shape, fused, profiles) -> dict:
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -284,11 +325,12 @@ def _manifest(request, paths, loader, dims, graphs, tokenizers, uncond_shape) ->
         "source": {
             "checkpoint": str(request.checkpoint),
             "standin": loader.standin,
-            "loras": [lora.record() for lora in request.loras],
-            "files": _source_files(paths, request.loras),
+            "loras": [lora.record() for lora in fused],
+            "files": _source_files(paths, request.loras, request.tiny_decoder),
         },
         "architecture": _facts(dims, loader).to_dict(),
         "shapes": {"height": request.height, "width": request.width},
+        "profiles": {name: profile.to_dict() for name, profile in profiles.items()},
         "scheduler": "scheduler/scheduler_config.json",
         "tokenizers": tokenizers,
         "constants": {

@@ -6,7 +6,9 @@ section 13) point by point: the largest face's RAW embedding; IdentityNet sees o
 pooled text and time ids too; the UNet sees 77 text tokens followed by the 16 face tokens; the uncond face tokens
 are Resampler(zeros); batch order [uncond, cond]; CFG only when guidance > 1; zero negative text embeddings when
 no negative prompt is given; Euler discrete with the SDXL config; fp32 VAE decode. `_denoise` mirrors upstream's
-loop; the rest is split by stage. It is the oracle for parity tests and the PyTorch peer in benchmarks.
+loop; the rest is split by stage. It is the oracle for parity tests and the PyTorch peer in benchmarks; for the
+fast path it also runs the other samplers through their diffusers schedulers (reference_sampling.py) and the
+TAESD-XL decoder.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import torch
 
 from ..runtime.errors import ConfigError, FaceModelError, check_finite
 from ..runtime.face import FaceAnalyzer, FaceConditioning, face_conditioning
-from ..runtime.noise import check_given_noise, initial_noise
+from ..runtime.noise import check_given_noise, image_rng
 from ..runtime.settings import GenerationSettings, identitynet_active, time_ids
 from .reference_models import ReferenceModels, TextModels
+from .reference_sampling import numpy_step_noise, reference_scheduler
+from .taesd import TinyDecoderGraph
 
 _TORCH_ADVICE = "the weights may be corrupt or in a precision that overflows (run in fp32)"
 
@@ -85,8 +89,9 @@ def _text_embeddings(models: ReferenceModels, settings: GenerationSettings) -> t
     return text, pooled
 
 
-def _denoise(models, settings, scheduler, latents, tokens, text, pooled, control, progress) -> torch.Tensor:
-    """The denoising loop, as upstream's pipeline runs it (IdentityNet on the face tokens, UNet on text + face)."""
+def _denoise(models, settings, scheduler, latents, tokens, text, pooled, control, progress, **step_options):
+    """The denoising loop, as upstream's pipeline runs it (IdentityNet on the face tokens, UNet on text + face);
+    `step_options` go to the scheduler's step (tcd: eta)."""
     batch = 2 if settings.cfg else 1
     context = torch.cat([text, tokens], dim=1)
     added = {"text_embeds": pooled, "time_ids": torch.tensor([time_ids(settings.height, settings.width)] * batch)}
@@ -116,14 +121,17 @@ def _denoise(models, settings, scheduler, latents, tokens, text, pooled, control
         if settings.cfg:
             eps_uncond, eps_cond = eps.chunk(2)
             eps = eps_uncond + settings.guidance * (eps_cond - eps_uncond)
-        latents = scheduler.step(eps, t, latents, return_dict=False)[0]
+        latents = scheduler.step(eps, t, latents, return_dict=False, **step_options)[0]
         if progress:
             progress(i + 1, len(timesteps))
     return latents
 
 
-def _decode(models: ReferenceModels, latents: torch.Tensor) -> np.ndarray:
-    decoded = models.vae.decode(latents / models.vae.config.scaling_factor, return_dict=False)[0]
+def _decode(models: ReferenceModels, latents: torch.Tensor, decoder: str) -> np.ndarray:
+    if decoder == "tiny":
+        decoded = TinyDecoderGraph(models.tiny_decoder)(latents)
+    else:
+        decoded = models.vae.decode(latents / models.vae.config.scaling_factor, return_dict=False)[0]
     check_finite_tensor("VAE decoder", decoded)
     image = (decoded / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().numpy()
     return (image * 255).round().astype(np.uint8)
@@ -139,11 +147,11 @@ def generate(
     progress=None,
 ) -> ReferenceResult:
     """One portrait. `noise` overrides the seed's unit noise; `progress(step, total)` is called per step."""
-    from diffusers import EulerDiscreteScheduler
-
     settings.validate()
-    if (settings.sampler, settings.karras, settings.timestep_spacing, settings.num_images) != ("euler", False, None, 1):
-        raise ConfigError("the reference runs one image with the checkpoint's Euler scheduler only")
+    if settings.num_images != 1:
+        raise ConfigError("the reference runs one image at a time")
+    if settings.decoder == "tiny" and models.tiny_decoder is None:
+        raise ConfigError("decoder 'tiny' needs the TAESD-XL weights: pass --tiny-decoder taesdxl_decoder.pth")
     timings, clock = {}, time.perf_counter()
     faces = _faces(models, analyzer, face_rgb, settings)
     settings = replace(settings, width=faces.width, height=faces.height)
@@ -155,19 +163,22 @@ def generate(
 
     batch = 2 if settings.cfg else 1
     control = torch.tensor(faces.control).permute(2, 0, 1)[None].float().div(255).repeat(batch, 1, 1, 1)
-    scheduler = EulerDiscreteScheduler.from_config(models.scheduler_config)
-    scheduler.set_timesteps(settings.steps)
+    scheduler, step_options = reference_scheduler(settings, models.scheduler_config)
     shape = models.latent_shape(settings.height, settings.width)
+    seed_noise, rng = image_rng(settings.seed, 0, shape)  # the step noise follows the seed even with given noise
     if noise is None:
-        noise = initial_noise(settings.seed, shape)
+        noise = seed_noise[None]
     else:
         noise = check_given_noise(noise, (1, *shape), f"{settings.width}x{settings.height}")
     models.ip_scale.value = settings.ip_scale
 
     clock = time.perf_counter()
     latents = torch.from_numpy(noise) * scheduler.init_noise_sigma
-    latents = _denoise(models, settings, scheduler, latents, tokens, text, pooled, control, progress)
+    with numpy_step_noise(scheduler, rng):
+        latents = _denoise(
+            models, settings, scheduler, latents, tokens, text, pooled, control, progress, **step_options
+        )
     timings["denoise"], clock = time.perf_counter() - clock, time.perf_counter()
-    image = _decode(models, latents)
+    image = _decode(models, latents, settings.decoder)
     timings["decode"] = time.perf_counter() - clock
     return ReferenceResult(image=image, latents=latents.float().numpy(), conditioning=faces, timings=timings)

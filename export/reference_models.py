@@ -207,6 +207,7 @@ class ReferenceModels:
     ip_scale: IPScale
     force_zeros_for_empty_prompt: bool
     standin: dict | None  # STANDIN.json when these are random stand-in weights
+    tiny_decoder: torch.nn.Module | None = None  # TAESD-XL, when given
 
     @property
     def embedding_dim(self) -> int:
@@ -238,8 +239,13 @@ def check_compatible(unet, identitynet, text: TextModels, resampler: Resampler, 
 
 
 def load_reference_models(
-    paths: CheckpointPaths, dtype: torch.dtype = torch.float32, loras: list[LoraSpec] = ()
+    paths: CheckpointPaths,
+    dtype: torch.dtype = torch.float32,
+    loras: list[LoraSpec] = (),
+    tiny_decoder: Path | None = None,
 ) -> ReferenceModels:
+    from .taesd import load_tiny_decoder
+
     loader = CheckpointLoader(paths, dtype, loras)
     resampler = loader.resampler()
     identitynet = loader.identitynet()
@@ -256,4 +262,5 @@ def load_reference_models(
         ip_scale=scale,
         force_zeros_for_empty_prompt=bool(loader.index.get("force_zeros_for_empty_prompt", True)),
         standin=loader.standin,
+        tiny_decoder=load_tiny_decoder(tiny_decoder) if tiny_decoder is not None else None,
     )

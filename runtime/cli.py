@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 
 from .backends import BACKENDS
-from .cli_options import generation_options, memory_option, settings_from_options
+from .cli_options import explicit_options, generation_options, memory_option, sampler_options, settings_from_options
 from .errors import PackageError
+from .manifest import DECODER_GRAPHS, PROFILE_NAMES
 from .provenance.cli import sign_option
-from .sampling import SAMPLER_NAMES, SPACINGS
 
 
 @click.command()
@@ -49,6 +49,11 @@ def timing_table(timings: dict, wall: float) -> str:
         if name in timings:
             rows.append(f"{name:12s} {timings[name]:9.3f} {calls.get(name, ''):>6}")
     rows.append(f"{'total':12s} {wall:9.3f}")
+    if "run" in timings:
+        run = timings["run"]
+        rows.append(
+            f"batch {run['batch']}{' (CFG)' if run['batch'] == 2 else ''}, {run['steps']} steps, {run['decoder']}"
+        )
     return "\n".join(rows)
 
 
@@ -56,9 +61,19 @@ def timing_table(timings: dict, wall: float) -> str:
 @click.option("--package", "package_dir", type=click.Path(path_type=Path), required=True, help="Model package folder.")
 @generation_options
 @click.option("--pose", type=click.Path(path_type=Path), help="Photo whose face keypoints set the pose (and size).")
-@click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="euler", show_default=True)
-@click.option("--karras", is_flag=True, help="Karras sigmas (euler, dpmpp_2m).")
-@click.option("--timestep-spacing", type=click.Choice(SPACINGS), help="Default: the package's scheduler (leading).")
+@click.option(
+    "--profile",
+    type=click.Choice(PROFILE_NAMES),
+    help="Run as the package was exported for: fast (its few-step distillation, no CFG, tiny decoder) or quality. "
+    "Options given explicitly override it.",
+)
+@sampler_options
+@click.option(
+    "--decoder",
+    type=click.Choice(tuple(DECODER_GRAPHS)),
+    default="full",
+    help="The full VAE or TAESD-XL (tiny; packages exported with --tiny-decoder). Default: the profile's, else full.",
+)
 @click.option("--num-images", type=int, default=1, show_default=True, help="Image i uses seed + i.")
 @click.option("--control-start", type=float, default=0.0, show_default=True, help="IdentityNet starts (fraction).")
 @click.option("--control-end", type=float, default=1.0, show_default=True, help="IdentityNet ends (fraction).")
@@ -78,22 +93,35 @@ def timing_table(timings: dict, wall: float) -> str:
 @memory_option("low: close each graph after its stage; minimal: also one denoiser graph at a time (slow).")
 @sign_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result and timings as JSON.")
-def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision, memory, sign_dir, as_json, **options):
+def generate(
+    package_dir, pose, profile, backend, threads, cache_dir, no_cache, precision, memory, sign_dir, as_json, **options
+):
     """Generate an identity-preserving portrait from a face photo and a prompt, without PyTorch.
 
     \b
     Example:
       instantid-edge generate --package pkg --face me.jpg --prompt "a watercolor portrait" --out me.png \\
           --backend openvino --threads 2 --steps 30 --seed 7
+      instantid-edge generate --package pkg-lightning --face me.jpg --prompt "a portrait" --out me.png --profile fast
     """
     from .files import save_npy
     from .images import load_rgb
+    from .manifest import read_manifest
     from .pipeline import InstantIDPipeline
+    from .profiles import apply_profile
     from .provenance import write_output
     from .provenance.credentials import configured_signer
 
     start = time.perf_counter()
-    settings, inputs = settings_from_options(options)
+    explicit = explicit_options(click.get_current_context())
+    adjust = None
+    if profile:
+        manifest = read_manifest(package_dir)
+
+        def adjust(settings):
+            return apply_profile(settings, manifest, profile, explicit)
+
+    settings, inputs = settings_from_options(options, explicit, adjust)
     signer = configured_signer(sign_dir)  # a bad signing set-up fails before models load
     face_rgb = load_rgb(inputs.face)  # cheap checks first: bad photos fail before models load
     pose_rgb = load_rgb(pose) if pose else None
@@ -113,6 +141,7 @@ def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision
     record = {
         "generator": f"runtime ({backend})",
         "settings": result.settings.to_dict(),
+        "profile": profile,
         "package": str(package_dir),
         "standin": bool(standin),
         "faces_found": face.num_faces,
@@ -125,7 +154,8 @@ def generate(package_dir, pose, backend, threads, cache_dir, no_cache, precision
         record_i = {**record, "image_index": index, "seed": settings.seed + index}
         write_output(path, image, record_i, watermarked=result.watermarked, signer=signer)
     wall = time.perf_counter() - start
-    summary = {"outputs": [str(p) for p in paths], "face": chosen, "load_seconds": round(load_seconds, 3),
+    summary = {"outputs": [str(p) for p in paths], "face": chosen, "profile": profile,
+               "settings": result.settings.to_dict(), "load_seconds": round(load_seconds, 3),
                "timings": result.timings, "total_seconds": round(wall, 3)}  # fmt: skip
     if as_json:
         click.echo(json.dumps(summary, indent=2))

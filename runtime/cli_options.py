@@ -11,7 +11,18 @@ import numpy as np
 
 from .errors import ConfigError
 from .memory import MEMORY_MODES
+from .sampling import SAMPLER_NAMES, SAMPLERS, SPACINGS
 from .settings import GenerationSettings
+
+
+def _timesteps(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(int(t) for t in value.split(","))
+    except ValueError:
+        raise click.BadParameter("give integers separated by commas, e.g. 999,749,499,249") from None
+
 
 _OPTIONS = [
     click.option("--face", type=click.Path(path_type=Path), required=True, help="Photo of one person's face."),
@@ -33,6 +44,46 @@ _OPTIONS = [
     click.option("--latents", type=click.Path(path_type=Path), help="Initial unit noise (.npy) instead of --seed."),
     click.option("--save-latents", type=click.Path(path_type=Path), help="Write the final latents (.npy)."),
 ]
+
+
+def _taking(option: str) -> str:
+    """The samplers whose SAMPLERS entry takes `option`, for the help texts."""
+    return ", ".join(name for name, sampler in SAMPLERS.items() if getattr(sampler, option) not in (False, None))
+
+
+_ETA_DEFAULTS = ", ".join(f"{name} {sampler.eta:g}" for name, sampler in SAMPLERS.items() if sampler.eta is not None)
+# How the denoising loop samples: shared so that `reference` is the oracle for every `generate` setting.
+_SAMPLER_OPTIONS = [
+    click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="euler", show_default=True),
+    click.option("--karras", is_flag=True, help=f"Karras sigmas ({_taking('karras')})."),
+    click.option(
+        "--timestep-spacing",
+        type=click.Choice(SPACINGS),
+        help=f"{_taking('spacing')}; default: the package's scheduler (leading).",
+    ),
+    click.option(
+        "--eta", type=float, help=f"{_taking('eta')}: stochastic share of each step, 0-1 (default: {_ETA_DEFAULTS})."
+    ),
+    click.option(
+        "--timesteps",
+        callback=_timesteps,
+        metavar="T1,T2,...",
+        help=f"{_taking('timesteps')}: explicit timesteps, e.g. 999,749,499,249 (their count sets --steps).",
+    ),
+]
+
+
+def explicit_options(ctx: click.Context) -> set[str]:
+    """The options given on the command line (they override a profile)."""
+    from click.core import ParameterSource
+
+    return {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+
+
+def sampler_options(command):
+    for option in reversed(_SAMPLER_OPTIONS):
+        command = option(command)
+    return functools.wraps(command)(command)
 
 
 def memory_option(help_text: str):
@@ -62,9 +113,14 @@ class GenerationInputs:
             raise ConfigError(f"cannot read --latents {self.latents} as a .npy array: {exc}") from exc
 
 
-def settings_from_options(options: dict) -> tuple[GenerationSettings, GenerationInputs]:
+def settings_from_options(
+    options: dict, explicit: set[str] = frozenset(), adjust=None
+) -> tuple[GenerationSettings, GenerationInputs]:
+    """Settings from the options; `adjust(settings)` (a run profile) comes before validation."""
     inputs = GenerationInputs(**{k: options.pop(k) for k in ("face", "out", "face_models", "latents", "save_latents")})
     if inputs.out.suffix.lower() != ".png":
         raise ConfigError(f"--out must end in .png (the output carries its provenance in PNG metadata): {inputs.out}")
-    settings = GenerationSettings(**options).validate()
-    return settings, inputs
+    if options.get("timesteps") and "steps" not in explicit:
+        options["steps"] = len(options["timesteps"])
+    settings = GenerationSettings(**options)
+    return (adjust(settings) if adjust else settings).validate(), inputs

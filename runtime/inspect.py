@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .manifest import Manifest
+from .profiles import describe as describe_profile
+from .profiles import package_profiles
 
 
 def _shape(spec) -> str:
@@ -18,8 +20,12 @@ def summary(manifest: Manifest) -> str:
         + (f"RANDOM stand-in ({standin.get('preset')})" if standin else "from " + data["source"]["checkpoint"]),
         "shapes: " + (f"static {static[0]}x{static[1]}" if static else "dynamic"),
     ]
-    if data["source"].get("loras"):
-        lines.append("loras fused: " + ", ".join(f"{x['file']} x{x['scale']}" for x in data["source"]["loras"]))
+    if manifest.loras:
+        lines.append("loras fused: " + ", ".join(f"{x['file']} x{x['scale']}" for x in manifest.loras))
+    for name, profile in package_profiles(manifest).items():
+        lines.append(f"profile {name}: {describe_profile(profile)}")
+        if profile.source:
+            lines.append(f"      from {profile.source}")
     for graph in manifest.graphs.values():
         size = {fmt: sum(f["bytes"] for f in files) / 2**20 for fmt, files in graph.files.items()}
         errors = {

@@ -7,6 +7,7 @@ verifies sizes and sha256 of every file. Schema version 1:
     {"schema": "instantid-edge/model-package", "schema_version": 1,
      "producer": {library versions}, "source": {"files": {name: sha256}, "standin": {...}|null, "loras": [...]},
      "architecture": {ModelFacts}, "shapes": {"height": H|null, "width": W|null},
+     "profiles": {"fast"|"quality": {RunProfile}},    # absent in packages exported before run profiles
      "scheduler": "scheduler/scheduler_config.json",
      "tokenizers": {"tokenizer": [files], "tokenizer_2": [files]},     # folders, in text-encoder order
      "constants": {"uncond_image_tokens": {"file": ..., "shape": [...]}},
@@ -16,8 +17,9 @@ verifies sizes and sha256 of every file. Schema version 1:
      "files": [{"path", "bytes", "sha256"}]}     # every file of the package, for verification
 
 Public surface: `read_manifest(root) -> Manifest` (`.architecture` ModelFacts, `.graphs` GraphInfo by name,
-`.static_size`, `.tokenizer_folders`, `.scheduler_path`, `.constant_path(name)`, `.standin`, `.graph_bytes(fmt)`,
-`.data` for the rest), `verify_files`, and the helpers export uses to write one (`file_entry`, `sha256_of`).
+`.static_size`, `.tokenizer_folders`, `.profiles` RunProfile by name, `.scheduler_path`, `.constant_path(name)`,
+`.standin`, `.loras`, `.graph_bytes(fmt)`, `.decoder_graph(decoder)`, `.data` for the rest), `verify_files`, and
+the helpers export uses to write one (`file_entry`, `sha256_of`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ MANIFEST = "manifest.json"
 GRAPH_NAMES = ("text_encoder", "text_encoder_2", "image_proj", "identitynet", "unet", "vae_decoder", "vae_encoder")
 TINY_DECODER = "vae_decoder_tiny"  # TAESD-XL: a graph only packages exported with --tiny-decoder have
 DECODER_GRAPHS = {"full": "vae_decoder", "tiny": TINY_DECODER}  # what --decoder chooses
+PROFILE_NAMES = ("fast", "quality")
 # IdentityNet's outputs / the UNet's residual inputs: 9 down residuals (the UNet's skip features) and the mid
 # residual, with their latent strides.
 RESIDUALS = tuple(f"down_{i}" for i in range(9)) + ("mid",)
@@ -102,6 +105,49 @@ class ModelFacts:
 
 
 @dataclass(frozen=True)
+class RunProfile:
+    """How the package is meant to be sampled (export/profiles.py writes them), or why it cannot be: the
+    GenerationSettings fields it sets, where it comes from, and `unavailable` (the reason) when it is none."""
+
+    sampler: str | None = None
+    timestep_spacing: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    eta: float | None = None
+    timesteps: tuple[int, ...] | None = None
+    decoder: str | None = None  # a key of DECODER_GRAPHS
+    source: str = ""  # the manifest's "from": the distillation and how it was identified, or the defaults
+    unavailable: str | None = None
+
+    @classmethod
+    def settings_fields(cls) -> tuple[str, ...]:
+        """The fields a profile sets on GenerationSettings."""
+        return tuple(f.name for f in fields(cls) if f.name not in ("source", "unavailable"))
+
+    def settings(self) -> dict:
+        return {name: getattr(self, name) for name in self.settings_fields()}
+
+    def to_dict(self) -> dict:
+        if self.unavailable is not None:
+            return {"unavailable": self.unavailable}
+        timesteps = list(self.timesteps) if self.timesteps is not None else None
+        return {**self.settings(), "timesteps": timesteps, "from": self.source}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunProfile:
+        if "unavailable" in data:
+            return cls(unavailable=str(data["unavailable"]))
+        names = cls.settings_fields()
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise KeyError(f"run profile lacks {', '.join(missing)}")
+        values = {name: data[name] for name in names}
+        timesteps = values["timesteps"]
+        return cls(**{**values, "timesteps": tuple(timesteps) if timesteps is not None else None},
+                   source=str(data.get("from", "")))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     name: str
     dtype: str  # numpy dtype name: "float32", "int64"
@@ -166,6 +212,7 @@ class Manifest:
     architecture: ModelFacts
     static_size: tuple[int, int] | None  # (width, height) the graphs were exported for; None: any size
     tokenizer_folders: tuple[Path, Path]  # for text_encoder and text_encoder_2
+    profiles: dict[str, RunProfile] | None = None  # None: exported before run profiles (runtime/profiles.py)
 
     @property
     def formats(self) -> set[str]:
@@ -179,6 +226,21 @@ class Manifest:
     def standin(self) -> dict | None:
         """STANDIN.json of the checkpoint when the weights are a random stand-in, else None."""
         return self.data["source"].get("standin")
+
+    @property
+    def loras(self) -> list[dict]:
+        """The LoRAs fused into the UNet: file, sha256, scale, and the release and profile it was taken for."""
+        return self.data["source"].get("loras") or []
+
+    def decoder_graph(self, decoder: str) -> str:
+        """The graph that decodes for `decoder` (a key of DECODER_GRAPHS), which this package must have."""
+        graph = DECODER_GRAPHS[decoder]
+        if graph not in self.graphs:
+            raise PackageError(
+                f"the package at {self.root} has no {decoder} decoder (graph {graph}); re-export it with "
+                "--tiny-decoder taesdxl_decoder.pth, or use --decoder full"
+            )
+        return graph
 
     def constant_path(self, name: str) -> Path:
         return self.root / self.data["constants"][name]["file"]
@@ -230,6 +292,11 @@ def read_manifest(root: str | Path) -> Manifest:
         tokenizers = tuple(root / folder for folder in data["tokenizers"])
         if len(tokenizers) != 2:
             raise ValueError(f"{len(tokenizers)} tokenizer folders listed, expected 2")
+        profiles = data.get("profiles")
+        if profiles is not None:
+            if sorted(profiles) != sorted(PROFILE_NAMES):
+                raise ValueError(f"run profiles {sorted(profiles)}, expected {list(PROFILE_NAMES)}")
+            profiles = {name: RunProfile.from_dict(profile) for name, profile in profiles.items()}
         return Manifest(
             root=root,
             data=data,
@@ -237,6 +304,7 @@ def read_manifest(root: str | Path) -> Manifest:
             architecture=ModelFacts.from_dict(data["architecture"]),
             static_size=(shapes["width"], shapes["height"]) if shapes["height"] is not None else None,
             tokenizer_folders=tokenizers,
+            profiles=profiles,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PackageError(f"{path} is malformed: {type(exc).__name__} {exc}") from exc

@@ -9,7 +9,7 @@
     release_memory()                   collect garbage and return freed heap pages to the system
 
 Stages, in the order a run passes them: "conditioning" (text encoders and image adapter done), "identitynet"
-and "unet" (after each call, every step), "denoising" (the sampler loop done), "decoding" (the VAE done).
+and "unet" (after each call, every step), "denoising" (the sampler loop done), "decoding" (the decoder done).
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import ConfigError
+from .manifest import DECODER_GRAPHS
 
 MEMORY_MODES = ("auto", "normal", "low", "minimal")
 _TEXT_AND_IMAGE = ("text_encoder", "text_encoder_2", "image_proj")
-_LOW = {"conditioning": _TEXT_AND_IMAGE, "denoising": ("identitynet", "unet"), "decoding": ("vae_decoder",)}
+_DECODERS = tuple(DECODER_GRAPHS.values())  # whichever decoded
+_LOW = {"conditioning": _TEXT_AND_IMAGE, "denoising": ("identitynet", "unet"), "decoding": _DECODERS}
 # normal keeps every graph open; low closes each once its stage is done, so the peak is the two denoiser graphs;
 # minimal also keeps only one of those two open at a time, reopening them every step (slow, for machines that
 # cannot hold both, such as the full-size fp32 pair on 24 GiB)

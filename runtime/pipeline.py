@@ -6,9 +6,10 @@
 
 Stages: face analysis and the control image (`FaceConditioning`); face tokens (uncond tokens come precomputed in
 the package); text embeddings (cached per prompt); together the noise predictor's `PredictorInputs`; then per
-image the sampler loop over IdentityNet + UNet, the VAE decode and the invisible watermark (provenance/; opt out
-with `pipe.watermark = False`). The memory policy (`pipe.memory`) closes graphs between stages. `prepare` runs
-everything before the loop, for callers that time stages apart (bench).
+image the sampler loop over IdentityNet + UNet, the decode (the VAE, or TAESD-XL with `decoder="tiny"`) and the
+invisible watermark (provenance/; opt out with `pipe.watermark = False`). The memory policy (`pipe.memory`)
+closes graphs between stages. `prepare` runs everything before the loop, for callers that time stages apart
+(bench).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .noise import check_given_noise, image_rng
 from .noise_prediction import PredictorInputs, make_noise_predictor
 from .package import ModelPackage
 from .provenance import watermark_image
-from .sampling import sample
+from .sampling import sample, schedule_for
 from .session import SessionOptions
 from .settings import GenerationSettings, time_ids
 from .text import TextEncoder
@@ -55,6 +56,7 @@ class PreparedRun:
     inputs: PredictorInputs
     latent_shape: tuple[int, int, int]  # one image's (C, h, w)
     given_noise: np.ndarray | None  # [N, C, h, w] unit noise given instead of the seed rule
+    decoder: str  # the decoder graph (manifest.DECODER_GRAPHS[settings.decoder])
 
     def start(self, index: int) -> tuple[np.ndarray, np.random.Generator]:
         """Image `index`'s starting unit noise [1, C, h, w] and its step generator (noise.image_rng)."""
@@ -107,6 +109,8 @@ class InstantIDPipeline:
     ) -> PreparedRun:
         """Face analysis, face tokens and text embeddings, batched for the noise predictor; `noise` checked."""
         settings.validate()
+        decoder = self.package.manifest.decoder_graph(settings.decoder)  # what the package lacks fails first
+        schedule_for(settings, self.package.scheduler_config)
         timer = timer or StageTimer()
         canvas = pose_rgb if pose_rgb is not None else face_rgb
         photo_size = official_size(canvas.shape[1], canvas.shape[0])[1]
@@ -118,7 +122,7 @@ class InstantIDPipeline:
             noise = check_given_noise(noise, (settings.num_images, *shape), f"{width}x{height} x {settings.num_images}")
         inputs = self._predictor_inputs(settings, faces, timer)
         self.memory.close("conditioning", self.package)
-        return PreparedRun(settings, faces, inputs, shape, noise)
+        return PreparedRun(settings, faces, inputs, shape, noise, decoder)
 
     def _predictor_inputs(self, settings: GenerationSettings, faces: FaceConditioning, timer) -> PredictorInputs:
         embedding = faces.face.embedding.reshape(1, 1, -1).astype(np.float32)
@@ -150,6 +154,7 @@ class InstantIDPipeline:
         run = self.prepare(face_rgb, settings, pose_rgb, noise, timer)
         settings = run.settings
         eps = make_noise_predictor(self.package, run.inputs, settings, timer, self.memory)
+        timer.run_record = {"batch": int(run.inputs.text.shape[0]), "steps": settings.steps, "decoder": run.decoder}
         latents, images = [], []
         total = settings.steps * settings.num_images
         for index in range(settings.num_images):
@@ -165,7 +170,7 @@ class InstantIDPipeline:
             timer.seconds["denoise"] += time.perf_counter() - start
             latents.append(final)
             self.memory.close("denoising", self.package)
-            image = timer.run("decode", decode, self.package, final)
+            image = timer.run("decode", decode, self.package, final, run.decoder)
             images.append(timer.run("watermark", watermark_image, image, "runtime") if self.watermark else image)
             self.memory.close("decoding", self.package)
         return GenerationResult(images, np.concatenate(latents), run.faces, settings, timer.summary(), self.watermark)

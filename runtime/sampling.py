@@ -6,9 +6,10 @@ final latents. Each follows its diffusers scheduler step for step (tests/test_sa
 with recorded diffusers trajectories): `euler` (EulerDiscreteScheduler, the SDXL default), `euler_ancestral`,
 `dpmpp_2m` (DPMSolverMultistep, dpmsolver++ order 2), `lcm` (LCMScheduler) and `tcd` (TCDScheduler).
 
-Public surface: `SAMPLERS` (name -> `Sampler`: its function, its schedule, and which options it takes: Karras
-sigmas, a timestep spacing, explicit timesteps, eta), `sampler_for` (the one check of a sampler name and its
-options), `make_schedule`, `sample`. A new sampler is one function plus one `Sampler` entry.
+Public surface: `SAMPLERS` (name -> `Sampler`: its function, its schedule, its diffusers scheduler, and which
+options it takes: Karras sigmas, a timestep spacing, explicit timesteps, eta), `sampler_for` (the one check of a
+sampler name and its options), `make_schedule`, `schedule_for` (from settings), `sample`. A new sampler is one
+function plus one `Sampler` entry.
 """
 
 from __future__ import annotations
@@ -68,6 +69,14 @@ def _sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     return (1 - w) * low + w * (low + 1)
 
 
+def trailing_timesteps(num_train_timesteps: int, steps: int) -> tuple[int, ...]:
+    """`trailing` spacing (diffusers' rule, DDIM's too): from the last training timestep down in equal strides;
+    999/749/499/249 for 4 of 1000."""
+    n = num_train_timesteps
+    # [:steps]: float steps make arange return steps + 1 values for some counts (61, 103, ...) in diffusers
+    return tuple(int(t) - 1 for t in np.arange(n, 0, -n / steps).round()[:steps])
+
+
 def euler_schedule(config: dict, steps: int, spacing: str | None = None, karras: bool = False) -> Schedule:
     """EulerDiscreteScheduler.set_timesteps (also EulerAncestral's, which has no Karras option)."""
     acp = alphas_cumprod(config)
@@ -76,8 +85,7 @@ def euler_schedule(config: dict, steps: int, spacing: str | None = None, karras:
     if spacing == "leading":
         timesteps = (np.arange(steps) * (n // steps)).round()[::-1].astype(np.float32) + config.get("steps_offset", 0)
     else:
-        # [:steps]: float steps make arange return steps + 1 values for some counts (61, 103, ...) in diffusers
-        timesteps = np.arange(n, 0, -n / steps).round()[:steps].astype(np.float32) - 1
+        timesteps = np.array(trailing_timesteps(n, steps), np.float32)
     table = ((1 - acp) / acp) ** 0.5
     sigmas = np.interp(timesteps, np.arange(n), table)
     if karras:
@@ -96,7 +104,7 @@ def dpm_schedule(config: dict, steps: int, spacing: str | None = None, karras: b
     if spacing == "leading":
         timesteps = (np.arange(steps + 1) * (n // (steps + 1))).round()[::-1][:-1] + config.get("steps_offset", 0)
     else:
-        timesteps = np.arange(n, 0, -n / steps).round()[:steps] - 1
+        timesteps = np.array(trailing_timesteps(n, steps))
     table = ((1 - acp) / acp) ** 0.5
     if karras:
         sigmas = _karras(table[0], table[-1], steps)
@@ -117,7 +125,9 @@ def consistency_schedule(
     if timesteps is not None:
         timesteps = np.asarray(timesteps)
         if timesteps.max() >= n:  # the rest of the rule: sampler_for
-            raise ConfigError(f"timesteps must be below the scheduler's {n} training timesteps, got {timesteps.tolist()}")
+            raise ConfigError(
+                f"timesteps must be below the scheduler's {n} training timesteps, got {[int(t) for t in timesteps]}"
+            )
     else:
         origin = (np.arange(1, original_steps + 1) * (n // original_steps) - 1)[::-1]
         if steps > original_steps:
@@ -235,9 +245,10 @@ def tcd(eps: NoisePredictor, x: np.ndarray, s: Schedule, rng: np.random.Generato
 class Sampler:
     name: str
     run: Callable[..., np.ndarray]  # (eps, latents, schedule, rng, callback) -> final latents
-    schedule: Callable[..., Schedule]  # (config, steps[, spacing][, karras]) -> Schedule
-    karras: bool  # takes Karras sigmas
-    spacing: bool  # takes a timestep spacing (lcm and tcd pick from the timesteps they were distilled on)
+    schedule: Callable[..., Schedule]  # (config, steps[, spacing][, karras][, timesteps][, eta]) -> Schedule
+    diffusers: str  # the diffusers scheduler class it follows step for step (the PyTorch reference runs it)
+    karras: bool = False  # takes Karras sigmas
+    spacing: bool = False  # takes a timestep spacing (lcm and tcd pick from the timesteps they were distilled on)
     timesteps: bool = False  # takes explicit timesteps instead
     eta: float | None = None  # takes an eta, and its default (None: takes none)
 
@@ -245,12 +256,11 @@ class Sampler:
 SAMPLERS = {
     sampler.name: sampler
     for sampler in (
-        Sampler("euler", euler, euler_schedule, karras=True, spacing=True),
-        Sampler("euler_ancestral", euler_ancestral, euler_schedule, karras=False, spacing=True),
-        Sampler("dpmpp_2m", dpmpp_2m, dpm_schedule, karras=True, spacing=True),
-        Sampler("lcm", lcm, consistency_schedule, karras=False, spacing=False, timesteps=True),
-        # eta 0.3: TCDScheduler.step's default
-        Sampler("tcd", tcd, consistency_schedule, karras=False, spacing=False, timesteps=True, eta=0.3),
+        Sampler("euler", euler, euler_schedule, "EulerDiscreteScheduler", karras=True, spacing=True),
+        Sampler("euler_ancestral", euler_ancestral, euler_schedule, "EulerAncestralDiscreteScheduler", spacing=True),
+        Sampler("dpmpp_2m", dpmpp_2m, dpm_schedule, "DPMSolverMultistepScheduler", karras=True, spacing=True),
+        Sampler("lcm", lcm, consistency_schedule, "LCMScheduler", timesteps=True),
+        Sampler("tcd", tcd, consistency_schedule, "TCDScheduler", timesteps=True, eta=0.3),  # TCDScheduler.step's eta
     )
 }
 SAMPLER_NAMES = tuple(SAMPLERS)
@@ -320,10 +330,9 @@ def make_schedule(
     return sampler.schedule(config, steps, **options)
 
 
-def sample(settings, scheduler_config: dict, eps: NoisePredictor, noise: np.ndarray, rng: np.random.Generator,
-           callback=None) -> np.ndarray:  # fmt: skip
-    """Run `settings.sampler` from unit `noise`; the step noise of stochastic samplers comes from `rng`."""
-    schedule = make_schedule(
+def schedule_for(settings, scheduler_config: dict) -> Schedule:
+    """The schedule GenerationSettings ask for, on the package's scheduler config."""
+    return make_schedule(
         settings.sampler,
         scheduler_config,
         settings.steps,
@@ -332,5 +341,11 @@ def sample(settings, scheduler_config: dict, eps: NoisePredictor, noise: np.ndar
         settings.timesteps,
         settings.eta,
     )
+
+
+def sample(settings, scheduler_config: dict, eps: NoisePredictor, noise: np.ndarray, rng: np.random.Generator,
+           callback=None) -> np.ndarray:  # fmt: skip
+    """Run `settings.sampler` from unit `noise`; the step noise of stochastic samplers comes from `rng`."""
+    schedule = schedule_for(settings, scheduler_config)
     start = (noise * np.float32(schedule.init_sigma)).astype(np.float32)
     return SAMPLERS[settings.sampler].run(eps, start, schedule, rng, callback)

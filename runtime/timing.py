@@ -1,4 +1,10 @@
-"""Seconds and calls per stage of a run, for GenerationResult.timings and the CLI's table."""
+"""Seconds and calls per stage of a run, and what ran, for GenerationResult.timings and the CLI's table.
+
+    {stage: seconds, ..., "calls": {stage: count}, "run": {"batch": 1|2, "steps": n, "decoder": graph}}
+
+"run" says what the noise predictor ran with (batch 2 is CFG's [uncond, cond]) and which decoder graph made the
+images; `stage_seconds(timings)` is the stages alone.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from dataclasses import dataclass, field
 class StageTimer:
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    run_record: dict = field(default_factory=dict)  # timings["run"] (see the module docstring), set by the pipeline
 
     def run(self, name: str, function, *args):
         start = time.perf_counter()
@@ -20,7 +27,14 @@ class StageTimer:
         return result
 
     def summary(self) -> dict:
-        """{stage: seconds (rounded)} plus "calls": {stage: count}."""
+        """{stage: seconds (rounded)} plus "calls": {stage: count} and, once set, "run"."""
         timings = {name: round(seconds, 4) for name, seconds in self.seconds.items()}
         timings["calls"] = dict(self.calls)
+        if self.run_record:
+            timings["run"] = dict(self.run_record)
         return timings
+
+
+def stage_seconds(timings: dict) -> dict[str, float]:
+    """The stages' seconds of a summary, without its "calls" and "run" records."""
+    return {name: value for name, value in timings.items() if name not in ("calls", "run")}
