@@ -46,7 +46,8 @@ def _check_complete(lora_path, identified: Identified, layers: list[str]) -> Non
     expected = {name.replace(".", "_") if lora.layout == "kohya" else name for name in layers}
     missing, extra = sorted(expected - have), sorted(have - expected)
     if missing or extra or lora.components() != {"unet"}:
-        first = missing[:3] or extra[:3] or sorted(lora.components() - {"unet"})
+        prefix = "lora_unet_" if lora.layout == "kohya" else "unet."
+        first = [prefix + name for name in (missing[:3] or extra[:3])] or sorted(lora.components() - {"unet"})
         raise CheckpointError(
             f"{lora_path.name} was {identified.how.split(' (')[0]} but does not hold the release's layers: it adapts "
             f"{len(have)} UNet layers where the release adapts {len(expected)} (first differing: {', '.join(first)}). "

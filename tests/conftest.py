@@ -90,6 +90,20 @@ def tiny_package(tmp_path_factory, tiny_standin) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fast_package(tmp_path_factory, tiny_standin, fast_path) -> Path:
+    """The tiny stand-in with the SDXL-Lightning 4-step stand-in fused and the TAESD-XL stand-in as
+    vae_decoder_tiny, both formats (the fast path's package)."""
+    from instantid_edge.export.lora import LoraSpec
+    from instantid_edge.export.package import ExportRequest, export_package
+
+    out = tmp_path_factory.mktemp("package") / "fast"
+    lora = LoraSpec(fast_path / "sdxl_lightning_4step_lora.safetensors")
+    request = ExportRequest(tiny_standin, out, loras=(lora,), tiny_decoder=fast_path / "taesdxl_decoder.pth")
+    export_package(request, log=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def runtime_package(request) -> Path:
     """A tiny exported package: from $INSTANTID_EDGE_TEST_PACKAGE where torch is absent, else exported here."""
     if os.environ.get(PACKAGE_ENV):
