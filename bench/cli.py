@@ -7,9 +7,11 @@ from pathlib import Path
 import click
 
 from ..export.architecture import PRESETS
+from ..export.distillations import PROFILES as DISTILLATIONS
 from ..quantize.policy import METHODS
 from ..runtime.backends import BACKENDS
 from ..runtime.cli_options import memory_option
+from ..runtime.manifest import PROFILE_NAMES
 from .run import PEER
 
 
@@ -35,20 +37,34 @@ def _list(text: str) -> tuple[str, ...]:
 @click.option("--face-models", type=click.Path(path_type=Path), help="Face pack folder.")
 @memory_option("Memory mode of the runtime configurations (see generate --help).")
 @click.option("--int8-method", type=click.Choice(METHODS), default="weights", show_default=True)
+@click.option(
+    "--profile",
+    type=click.Choice(PROFILE_NAMES),
+    help="Run the packages as their manifest's profile says (its steps, guidance, sampler, decoder replace "
+    "--steps/--guidance), beside PyTorch at upstream defaults (computed from its stages) and on the same settings.",
+)
+@click.option("--lora", "loras", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="The LoRA the packages fused, for PyTorch on the profile's settings (with --profile).")  # fmt: skip
+@click.option("--tiny-decoder", type=click.Path(exists=True, path_type=Path), help="The TAESD-XL file, likewise.")
+@click.option("--distillation", type=click.Choice(tuple(DISTILLATIONS)), default="lightning-4step", show_default=True,
+              help="With --preset and --profile fast: the stand-in distillation to fuse.")  # fmt: skip
 def bench(out, preset, checkpoint, packages, height, width, steps, guidance, backends, precisions, repeat, threads,
-          face_models, memory, int8_method):  # fmt: skip
+          face_models, memory, int8_method, profile, loras, tiny_decoder, distillation):  # fmt: skip
     """Time every stage of every backend and precision, beside the PyTorch reference, on this machine.
 
     \b
     Example (the real architecture, random weights, built once into ~/.cache/instantid-edge/bench):
       instantid-edge bench --preset full --height 768 --width 768 --threads 2 --out bench-768
+      instantid-edge bench --preset full --profile fast --distillation lightning-2step --precisions int8 \\
+          --threads 2 --out bench-768-fast-2step
     """
     from .run import BenchRequest, run_bench
 
     request = BenchRequest(out=out, preset=preset, checkpoint=checkpoint, packages=tuple(packages), width=width,
                            height=height, steps=steps, guidance=guidance, backends=_list(backends),
                            precisions=_list(precisions), repeat=repeat, threads=threads, face_models=face_models,
-                           memory=memory, int8_method=int8_method)  # fmt: skip
+                           memory=memory, int8_method=int8_method, profile=profile, loras=tuple(loras),
+                           tiny_decoder=tiny_decoder, distillation=distillation)  # fmt: skip
     results = run_bench(request, log=lambda line: click.echo(line, err=True))
     click.echo((out / "results.md").read_text())
     failed = [r for r in results["runs"] if "error" in r]

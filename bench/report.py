@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STAGES = ("face", "text", "image_proj", "identitynet", "unet", "denoise_step", "decode", "end_to_end")
+STAGES = ("face", "text", "image_proj", "identitynet", "unet", "denoise_step", "decode", "decode_full", "end_to_end")
 
 
 def _seconds(result: dict, stage: str) -> float | None:
@@ -31,6 +31,13 @@ def markdown(results: dict) -> str:
     def row(label, cells):
         lines.append(f"| {label} | {' | '.join(cells)} |")
 
+    def sampling(config):
+        spacing = f" {config['timestep_spacing']}" if config.get("timestep_spacing") else ""
+        cfg = f"CFG {config['guidance']:g}" if config["guidance"] > 1 else "no CFG"
+        decoder = "TAESD-XL" if config.get("decoder") == "tiny" else "full VAE"
+        return f"{config.get('sampler', 'euler')}{spacing}, {config['steps']} steps, {cfg}, {decoder}"
+
+    row("sampling (end to end)", [sampling(r["config"]) for r in runs])
     row("load s (sessions, first text/face runs)", [f"{r['load_seconds']:.1f}" for r in runs])
     first = [r["stages"].get("denoise_step", {}).get("first_calls") for r in runs]
     row("first IdentityNet + UNet call s (OpenVINO compiles here)",
@@ -55,6 +62,10 @@ def markdown(results: dict) -> str:
         + ", ".join(f"{name} {value:.0f}" for name, value in gemm.items())
         + ". FLOPs are counted from the fp32 ONNX graphs at the benchmark shapes (batch 2 with CFG)."
     )
+    for run in runs:
+        kind = run["stages"].get("end_to_end", {}).get("kind", "")
+        if kind.startswith("computed"):
+            lines.append(f"\n{run['config']['name']}: end_to_end is {kind}.")
     failed = [r for r in results["runs"] if "error" in r]
     for run in failed:
         lines.append(f"\n{run['config']['name']}: failed: {run['error']}")

@@ -4,7 +4,10 @@ Load (and OpenVINO compilation, which happens on a graph's first run at a shape)
 steady state: each stage runs once to warm up, then `repeat` times. In the low and minimal memory modes only the
 graphs of the stage being timed are open, which is how the full-size architecture fits in 24 GiB; the
 end-to-end run then reopens sessions as it needs them. The PyTorch peer always loads one stage's models at
-a time; its end-to-end figure is one real run in the normal mode, else the sum of its stages.
+a time; its end-to-end figure is one real run in the normal mode, else (or when asked: the reference at
+upstream defaults beside a fast profile) computed from its stages: steps x one step + the rest, so labelled.
+A configuration samples as its fields say (a run profile resolved by run.py): sampler, steps, guidance,
+decoder; with the tiny decoder, the full VAE decoder is timed too (`decode_full`), on the same backend.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from ..runtime.manifest import TINY_DECODER
 from ..runtime.memory import release_memory
 from ..runtime.settings import GenerationSettings
 from ..tools.defaults import default_face_photo
@@ -38,10 +42,21 @@ class Config:
     checkpoint: str | None = None
     memory: str = "auto"
     cache_dir: str | None = None
+    sampler: str = "euler"
+    timestep_spacing: str | None = None
+    eta: float | None = None
+    timesteps: tuple[int, ...] | None = None
+    decoder: str = "full"
+    loras: tuple[str, ...] = ()  # PyTorch peer: LoRA files fused as the package's were
+    tiny_decoder: str | None = None  # PyTorch peer: TAESD-XL weights
+    computed_end_to_end: bool = False  # PyTorch peer: steps x step + the rest instead of a real run
 
     def settings(self) -> GenerationSettings:
+        timesteps = tuple(self.timesteps) if self.timesteps else None
         return GenerationSettings(prompt=PROMPT, steps=self.steps, guidance=self.guidance, width=self.width,
-                                  height=self.height, seed=0)  # fmt: skip
+                                  height=self.height, seed=0, sampler=self.sampler,
+                                  timestep_spacing=self.timestep_spacing, eta=self.eta, timesteps=timesteps,
+                                  decoder=self.decoder).validate()  # fmt: skip
 
 
 def _timed(function, repeat: int) -> dict:
@@ -69,7 +84,7 @@ def time_runtime(config: Config) -> dict:
         stages.update(_time_denoising_and_decoding(pipe, run, config.repeat))
         stages["end_to_end"] = _time_end_to_end(pipe, face_rgb, run.settings, config.repeat)
     return {"config": asdict(config), "load_seconds": load_seconds, "stages": stages, "memory": peak.to_dict(),
-            "memory_mode": pipe.memory.mode, "batch": run.inputs.batch}  # fmt: skip
+            "memory_mode": pipe.memory.mode, "batch": run.inputs.batch, "decoder": run.decoder}  # fmt: skip
 
 
 def _time_conditioning(pipe, run, face_rgb, repeat: int) -> dict:
@@ -95,7 +110,7 @@ def _time_conditioning(pipe, run, face_rgb, repeat: int) -> dict:
 
 def _time_denoising_and_decoding(pipe, run, repeat: int) -> dict:
     """Each denoiser graph on its own (under the pipeline's memory policy, which in minimal mode closes each
-    after its call), one denoising step, and the VAE decode."""
+    after its call), one denoising step, and the decode (with the tiny decoder, the full VAE's too)."""
     import numpy as np
 
     from ..runtime.decode import decode
@@ -124,8 +139,11 @@ def _time_denoising_and_decoding(pipe, run, repeat: int) -> dict:
         stages["denoise_step"] = _timed(lambda: eps(x[:1], 500.0, 0), repeat)
     stages["denoise_step"]["first_calls"] = first
     memory.close("denoising", package)
-    stages["decode"] = _timed(lambda: decode(package, x[:1]), repeat)
+    stages["decode"] = _timed(lambda: decode(package, x[:1], run.decoder), repeat)
     memory.close("decoding", package)
+    if run.decoder != "vae_decoder":  # the full VAE on the same backend, for the ratio
+        stages["decode_full"] = _timed(lambda: decode(package, x[:1]), repeat)
+        memory.close("decoding", package)
     return stages
 
 
@@ -201,11 +219,17 @@ def _torch_denoiser(loader, settings, faces, tokens, text, pooled, repeat, stage
     stages["denoise_step"] = {"median": stages["identitynet"]["median"] + stages["unet"]["median"], "kind": "sum"}
 
 
-def _torch_decode(loader, settings, repeat, stages, loads) -> None:
+def _torch_decode(loader, settings, repeat, stages, loads, tiny_decoder: str | None = None) -> None:
     import torch
 
-    vae = _loaded(loads, "vae_decoder", loader.vae)
     latents = torch.randn(1, *loader.latent_shape(settings.height, settings.width))
+    if settings.decoder == "tiny":
+        from ..export.taesd import TinyDecoderGraph, load_tiny_decoder
+
+        tiny = _loaded(loads, TINY_DECODER, lambda: TinyDecoderGraph(load_tiny_decoder(tiny_decoder)))
+        stages["decode"] = _timed(lambda: tiny(latents), repeat)
+        return
+    vae = _loaded(loads, "vae_decoder", loader.vae)
     stages["decode"] = _timed(lambda: vae.decode(latents / vae.config.scaling_factor), repeat)
 
 
@@ -214,6 +238,7 @@ def time_torch(config: Config) -> dict:
     import torch
 
     from ..export.checkpoint import locate_checkpoint
+    from ..export.lora import LoraSpec
     from ..export.reference import generate
     from ..export.reference_models import CheckpointLoader, load_reference_models
     from ..runtime.face import FaceAnalyzer
@@ -221,21 +246,24 @@ def time_torch(config: Config) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     settings, face_rgb, stages, loads = config.settings(), default_face_photo()[0], {}, {}
-    loader = CheckpointLoader(locate_checkpoint(config.checkpoint))
+    loras = [LoraSpec(Path(path)) for path in config.loras]
+    loader = CheckpointLoader(locate_checkpoint(config.checkpoint), loras=loras)
     analyzer = FaceAnalyzer(config.face_models)
     with PeakMemory() as peak, torch.inference_mode():
         inputs = _torch_conditioning(loader, analyzer, settings, face_rgb, config.repeat, stages, loads)
         release_memory()
         _torch_denoiser(loader, settings, *inputs, config.repeat, stages, loads)
         release_memory()
-        _torch_decode(loader, settings, config.repeat, stages, loads)
+        _torch_decode(loader, settings, config.repeat, stages, loads, config.tiny_decoder)
         release_memory()
-        if config.memory != "normal":
+        if config.memory != "normal" or config.computed_end_to_end:
             total = sum(stages[s]["median"] for s in ("face", "image_proj", "text", "decode"))
+            why = "asked for" if config.computed_end_to_end else "the models do not fit in memory together"
             stages["end_to_end"] = {"median": total + settings.steps * stages["denoise_step"]["median"],
-                                    "kind": "sum of stages (the models do not fit in memory together)"}  # fmt: skip
+                                    "kind": f"computed: {settings.steps} x denoise_step + face, image_proj, text, "
+                                            f"decode ({why})"}  # fmt: skip
         else:
-            models = load_reference_models(loader.paths)
+            models = load_reference_models(loader.paths, loras=loras, tiny_decoder=config.tiny_decoder)
             begin = time.perf_counter()
             generate(models, analyzer, face_rgb, replace(settings))
             stages["end_to_end"] = {
@@ -245,4 +273,4 @@ def time_torch(config: Config) -> dict:
             }
     batch = 2 if settings.cfg else 1
     return {"config": asdict(config), "load_seconds": sum(loads.values()), "loads": loads, "stages": stages,
-            "memory": peak.to_dict(), "batch": batch}  # fmt: skip
+            "memory": peak.to_dict(), "batch": batch, "decoder": settings.decoder}  # fmt: skip

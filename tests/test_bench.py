@@ -36,6 +36,36 @@ def test_bench_runs_every_configuration_and_writes_the_report(tmp_path, tiny_sta
     assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bench_profile_fast_times_the_package_beside_pytorch_at_upstream_defaults(
+    tmp_path, tiny_standin, fast_package, fast_path, face_pack
+):
+    from click.testing import CliRunner
+
+    from instantid_edge.cli import cli
+
+    args = ["bench", "--checkpoint", tiny_standin, "--package", fast_package, "--precisions", "fp32", "--height", 64,
+            "--width", 64, "--repeat", 1, "--threads", 2, "--face-models", face_pack, "--backends",
+            "torch,onnxruntime", "--profile", "fast", "--lora", fast_path / "sdxl_lightning_4step_lora.safetensors",
+            "--tiny-decoder", fast_path / "taesdxl_decoder.pth", "--out", tmp_path]  # fmt: skip
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    runs = {run["config"]["name"]: run for run in json.loads((tmp_path / "results.json").read_text())["runs"]}
+    assert list(runs) == ["torch fp32 upstream defaults", "torch fp32 fast", "onnxruntime fp32 fast"]
+    upstream, torch_fast, fast = runs.values()
+    assert upstream["batch"] == 2 and upstream["config"]["steps"] == 30 and upstream["decoder"] == "full"
+    assert upstream["stages"]["end_to_end"]["kind"].startswith("computed: 30 x denoise_step")
+    computed = sum(upstream["stages"][s]["median"] for s in ("face", "image_proj", "text", "decode"))
+    computed += 30 * upstream["stages"]["denoise_step"]["median"]
+    assert upstream["stages"]["end_to_end"]["median"] == pytest.approx(computed)
+    for run in (torch_fast, fast):
+        assert run["batch"] == 1 and run["config"]["steps"] == 4 and run["config"]["timestep_spacing"] == "trailing"
+    assert torch_fast["config"]["loras"] and torch_fast["decoder"] == "tiny"
+    assert fast["decoder"] == "vae_decoder_tiny" and fast["stages"]["decode_full"]["median"] > 0
+    table = (tmp_path / "results.md").read_text()
+    assert "euler trailing, 4 steps, no CFG, TAESD-XL" in table and "euler, 30 steps, CFG 5, full VAE" in table
+    assert "end_to_end is computed" in table
+
+
 def test_flop_count_matches_the_analytic_count_for_a_matmul_and_a_conv(tmp_path):
     import onnx
     from onnx import TensorProto, helper
