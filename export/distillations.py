@@ -89,12 +89,16 @@ class Identified:
 
 
 def _by_name(path: Path) -> Release | None:
+    """A released name; a generic one (pytorch_lora_weights.safetensors) only inside its repo's folder, or
+    renamed after the repo (lcm-lora-sdxl.safetensors, lcm_lora_sdxl.safetensors) as tools often do."""
     for release in RELEASES:
-        if path.name == release.file_name and (release.folder is None or release.folder in path.parent.name):
+        if release.folder is None and path.name == release.file_name:
             return release
-        if release.folder and path.name in (f"{release.folder}.safetensors", f"{release.folder.replace('-', '_')}"
-                                            ".safetensors"):  # fmt: skip
-            return release
+        if release.folder is not None:
+            in_folder = path.name == release.file_name and release.folder in path.parent.name
+            renamed = path.stem.replace("_", "-") == release.folder and path.suffix == ".safetensors"
+            if in_folder or renamed:
+                return release
     return None
 
 
