@@ -52,4 +52,6 @@ def apply_profile(
     values = {field: value for field, value in profile.settings().items() if field not in explicit}
     if "steps" in explicit and "timesteps" not in explicit:
         values["timesteps"] = None  # explicit timesteps come with their own count; a new count drops them
+    if "timesteps" in explicit and settings.timesteps:
+        values.pop("steps", None)  # and given timesteps set the count
     return replace(settings, **values)

@@ -41,6 +41,9 @@ def test_explicit_timesteps_come_from_the_profile_unless_the_step_count_is_given
     assert dmd2.timesteps == (999, 749, 499, 249) and dmd2.steps == 4
     two = apply_profile(GenerationSettings(prompt="p", steps=2), _manifest({"quality": DMD2}), "quality", {"steps"})
     assert two.validate().timesteps is None and two.steps == 2
+    given = GenerationSettings(prompt="p", steps=2, timesteps=(999, 499))
+    mine = apply_profile(given, _manifest({"quality": DMD2}), "quality", {"timesteps"}).validate()
+    assert (mine.steps, mine.timesteps, mine.sampler) == (2, (999, 499), "lcm")
 
 
 def test_fast_says_why_it_is_unavailable():
