@@ -167,6 +167,7 @@ def demo(out, face_models, work, backend, steps, size):
     from ..runtime.pipeline import InstantIDPipeline
     from ..runtime.provenance import save_png
     from ..runtime.settings import GenerationSettings
+    from ..runtime.timing import stage_seconds
     from .demo import DEMO_PROMPT, demo_inputs
 
     if out.suffix.lower() != ".png":
@@ -180,7 +181,7 @@ def demo(out, face_models, work, backend, steps, size):
     record = {"generator": f"demo, runtime ({backend})", "settings": result.settings.to_dict(), "standin": True,
               "inputs": inputs["described"]}  # fmt: skip
     save_png(out, result.images[0], record, watermarked=result.watermarked)
-    seconds = sum(v for k, v in result.timings.items() if k != "calls")
+    seconds = sum(stage_seconds(result.timings).values())
     click.echo(f"Wrote {out} ({size}x{size}, {steps} steps, {backend}) in {seconds:.1f} s of model time.", err=True)
 
 
