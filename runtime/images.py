@@ -1,13 +1,15 @@
 """Reading user photos into RGB uint8 arrays, and the official InstantID resize rule.
 
-Every odd input is handled here once, for the reference and the runtime alike: EXIF rotation, greyscale,
+Every odd input is handled here once, for the reference, the runtime and the server's uploads alike: EXIF rotation, greyscale,
 palette, alpha (composited on white), CMYK, 16-bit and float images, truncated or corrupt files, and
 images above MAX_INPUT_PIXELS.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -24,24 +26,33 @@ def open_image(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise InputImageError(f"photo not found: {path}")
+    return _decode(path, str(path))
+
+
+def decode_image(data: bytes, source: str = "the uploaded photo") -> Image.Image:
+    """open_image for a photo held in memory (an upload): the same checks, nothing written anywhere."""
+    return _decode(io.BytesIO(data), source)
+
+
+def _decode(file: Path | BinaryIO, source: str) -> Image.Image:
     try:
-        image = Image.open(path)
+        image = Image.open(file)
     except Image.DecompressionBombError as exc:
         raise InputImageError(
-            f"{path} is larger than the {MAX_INPUT_PIXELS / 1e6:.0f}-megapixel limit ({exc}); downscale it first"
+            f"{source} is larger than the {MAX_INPUT_PIXELS / 1e6:.0f}-megapixel limit ({exc}); downscale it first"
         ) from exc
     except (OSError, ValueError) as exc:
-        raise InputImageError(f"cannot read {path} as an image ({exc}); use a JPEG, PNG or WebP photo") from exc
+        raise InputImageError(f"cannot read {source} as an image ({exc}); use a JPEG, PNG or WebP photo") from exc
     width, height = image.size
     if width * height > MAX_INPUT_PIXELS:
         raise InputImageError(
-            f"{path} is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
+            f"{source} is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
             f"{MAX_INPUT_PIXELS / 1e6:.0f}; downscale it first (a face needs far fewer pixels)"
         )
     try:
         image.load()
     except (OSError, ValueError, SyntaxError) as exc:
-        raise InputImageError(f"{path} is truncated or corrupt ({exc}); re-export or re-download it") from exc
+        raise InputImageError(f"{source} is truncated or corrupt ({exc}); re-export or re-download it") from exc
     try:
         return ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError):
@@ -70,6 +81,10 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 
 def load_rgb(path: str | Path) -> np.ndarray:
     return to_rgb(open_image(path))
+
+
+def load_rgb_bytes(data: bytes, source: str = "the uploaded photo") -> np.ndarray:
+    return to_rgb(decode_image(data, source))
 
 
 def official_size(width: int, height: int, max_side: int = 1280, min_side: int = 1024, base: int = 64):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from instantid_edge.runtime.errors import InputImageError
-from instantid_edge.runtime.images import MAX_INPUT_PIXELS, load_rgb, official_size
+from instantid_edge.runtime.images import MAX_INPUT_PIXELS, load_rgb, load_rgb_bytes, official_size
 
 
 def _gradient(width=64, height=48) -> np.ndarray:
@@ -91,6 +91,28 @@ def test_images_above_the_pixel_limit_are_refused_before_decoding(tmp_path):
     Image.new("L", (side, side)).save(tmp_path / "huge.png")
     with pytest.raises(InputImageError, match="megapixels, above the limit"):
         load_rgb(tmp_path / "huge.png")
+
+
+def test_photos_in_memory_get_the_same_checks_as_files(tmp_path):
+    """Uploads (the server) go through the same decoding and refusals as files (the CLI)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(_gradient(64, 48)).save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    (tmp_path / "r.jpg").write_bytes(buffer.getvalue())
+    assert (load_rgb_bytes(buffer.getvalue()) == load_rgb(tmp_path / "r.jpg")).all()
+    with pytest.raises(InputImageError, match="cannot read the upload as an image"):
+        load_rgb_bytes(b"this is not an image", "the upload")
+    whole = io.BytesIO()
+    Image.fromarray(_gradient(256, 256)).save(whole, format="JPEG")
+    with pytest.raises(InputImageError, match="truncated"):
+        load_rgb_bytes(whole.getvalue()[:2000])
+    side = int(MAX_INPUT_PIXELS**0.5) + 16
+    bomb = io.BytesIO()
+    Image.new("L", (side, side)).save(bomb, format="PNG")
+    assert len(bomb.getvalue()) < 100_000  # a small file that would decode to 50 MB
+    with pytest.raises(InputImageError, match="megapixels, above the limit"):
+        load_rgb_bytes(bomb.getvalue())
 
 
 @pytest.mark.parametrize(
