@@ -1,8 +1,8 @@
 """Reading user photos into RGB uint8 arrays, and the official InstantID resize rule.
 
-Every odd input is handled here once, for the reference, the runtime and the server's uploads alike: EXIF rotation, greyscale,
-palette, alpha (composited on white), CMYK, 16-bit and float images, truncated or corrupt files, and
-images above MAX_INPUT_PIXELS.
+Every odd input is handled here once, for the reference, the runtime and the server's uploads alike: EXIF
+rotation, greyscale, palette, alpha (composited on white), CMYK, 16-bit and float images, truncated or corrupt
+files, and images above MAX_INPUT_PIXELS.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputImageError
 
@@ -40,6 +40,10 @@ def _decode(file: Path | BinaryIO, source: str) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise InputImageError(
             f"{source} is larger than the {MAX_INPUT_PIXELS / 1e6:.0f}-megapixel limit ({exc}); downscale it first"
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise InputImageError(
+            f"cannot read {source} as an image (not a format Pillow recognises); use a JPEG, PNG or WebP photo"
         ) from exc
     except (OSError, ValueError) as exc:
         raise InputImageError(f"cannot read {source} as an image ({exc}); use a JPEG, PNG or WebP photo") from exc
