@@ -1,0 +1,50 @@
+"""Loading the runtime's pipeline once per server (or per replica) and warming it up before the first visitor."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    package: Path
+    backend: str = "onnxruntime"
+    threads: int | None = None
+    face_models: Path | None = None
+    memory: str = "auto"
+    precision: str = "f32"
+
+
+def load_pipeline(spec: PipelineSpec):
+    """The runtime's InstantIDPipeline, loaded and warmed up."""
+    from instantid_edge.runtime.pipeline import InstantIDPipeline
+
+    pipe = InstantIDPipeline.load(
+        spec.package,
+        backend=spec.backend,
+        threads=spec.threads,
+        face_models=spec.face_models,
+        precision_hint=spec.precision,
+        memory=spec.memory,
+    )
+    warm_up(pipe)
+    return pipe
+
+
+def warm_up(pipe) -> None:
+    """Open (compile) every graph a job runs and run the face models once, so that a broken package fails at
+    start and the first visitor does not wait for compilation. OpenVINO still specialises the denoiser for each
+    new output size on the first job of that size."""
+    from instantid_edge.runtime.errors import NoFaceError
+    from instantid_edge.runtime.package import REQUIRED_GRAPHS
+
+    for name in REQUIRED_GRAPHS:
+        pipe.package.session(name)
+    if pipe.memory != "normal":
+        pipe.package.release(*REQUIRED_GRAPHS)  # a lean mode opens each graph when its stage comes
+    with contextlib.suppress(NoFaceError):  # expected: a blank frame holds no face
+        pipe.analyzer.analyze(np.zeros((256, 256, 3), np.uint8), "the warm-up frame")
