@@ -58,11 +58,17 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "instantid_edge.export.cli:reference",
         "Generate a portrait with the PyTorch reference pipeline (needs torch).",
     ),
+    "serve": (
+        "instantid_edge.serve.cli:serve",
+        "Serve the kiosk page and an HTTP API (model loaded once, jobs queued, nothing kept; needs the serve extra).",
+    ),
     "verify": (
         "instantid_edge.runtime.provenance.cli:verify",
         "Report each image's watermark, XMP label and C2PA state (exit 0 all marked, 2 any unmarked, 1 errors).",
     ),
 }
+# commands whose dependencies come with another extra than the tools' `export`
+EXTRA_OF = {"serve": "serve"}
 
 
 class LazyGroup(click.Group):
@@ -79,7 +85,7 @@ class LazyGroup(click.Group):
             missing = exc.name or "a dependency"
             raise click.ClickException(
                 f"`{name}` needs {missing}, which is not installed. "
-                "Install the tools with: pip install 'instantid-edge[export]'"
+                f"Install it with: pip install 'instantid-edge[{EXTRA_OF.get(name, 'export')}]'"
             ) from exc
         return getattr(module, attribute)
 
