@@ -35,8 +35,10 @@ def test_unknown_style_lists_the_names():
         (json.dumps({"styles": []}), 'non-empty "styles" list'),
         (json.dumps({"styles": [{"name": "a"}]}), 'needs a "name" and a "prompt"'),
         (json.dumps({"styles": [{"name": "a", "prompt": "no placeholder"}]}), "exactly once"),
-        (json.dumps({"styles": [{"name": "a", "prompt": "{prompt}"}, {"name": "a", "prompt": "x {prompt}"}]}),
-         "used twice"),  # fmt: skip
+        (
+            json.dumps({"styles": [{"name": "a", "prompt": "{prompt}"}, {"name": "a", "prompt": "x {prompt}"}]}),
+            "used twice",
+        ),  # fmt: skip
         (json.dumps({"styles": [{"name": "a", "prompt": "{prompt}", "negative_prompt": 3}]}), "must be a string"),
     ],
 )
