@@ -13,6 +13,7 @@ import uvicorn
 
 from instantid_edge.runtime.cli_options import memory_option
 from instantid_edge.runtime.errors import ConfigError, InstantIDError
+from instantid_edge.runtime.provenance.cli import sign_option
 
 MIN_TOKEN_LENGTH = 16
 PROFILES = ("fast", "quality")
@@ -69,8 +70,9 @@ def is_loopback(host: str) -> bool:
 @click.option(
     "--token-file", type=click.Path(path_type=Path), help="File holding a token every /v1 call must send as Bearer."
 )
+@sign_option
 def serve(package_dir, host, port, backend, threads, profile, face_models, memory, max_queue, job_ttl, job_timeout,
-          max_upload_mb, styles_file, token_file):  # fmt: skip
+          max_upload_mb, styles_file, token_file, sign_dir):  # fmt: skip
     """Serve the kiosk page and an HTTP API: the model loads once, jobs run one at a time, nothing is kept.
 
     \b
@@ -79,6 +81,7 @@ def serve(package_dir, host, port, backend, threads, profile, face_models, memor
       # then open http://127.0.0.1:8000/ (API: http://127.0.0.1:8000/docs)
     """
     from instantid_edge.runtime.manifest import read_manifest
+    from instantid_edge.runtime.provenance.credentials import configured_signer
     from instantid_edge.runtime.styles import load_styles
 
     from .app import AppConfig, create_app
@@ -88,6 +91,7 @@ def serve(package_dir, host, port, backend, threads, profile, face_models, memor
 
     read_manifest(package_dir)  # a wrong folder fails here, before the server starts
     check_profile(profile)
+    configured_signer(sign_dir)  # a bad signing set-up fails here too
     styles = load_styles(styles_file)
     token = read_token(token_file) if token_file else None
     if not is_loopback(host) and token is None:
@@ -96,7 +100,7 @@ def serve(package_dir, host, port, backend, threads, profile, face_models, memor
             err=True,
         )
     spec = PipelineSpec(package_dir, backend, threads, face_models, memory)
-    config = EngineConfig(max_queue, job_ttl, job_timeout, profile, generator=f"server ({backend})")
+    config = EngineConfig(max_queue, job_ttl, job_timeout, profile, f"server ({backend})", sign_dir)
     engine = LocalEngine(partial(load_pipeline, spec), config)
     app = create_app(engine, AppConfig(styles, int(max_upload_mb * 2**20), token))
     server = uvicorn.Server(

@@ -18,6 +18,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from instantid_edge.runtime.errors import InstantIDError
 
@@ -37,6 +38,7 @@ class EngineConfig:
     job_timeout: float = 3600.0  # seconds a job may run; checked at every denoising step
     profile: str | None = None  # run profile applied under each job's own settings
     generator: str = "server"  # names this server in every image's provenance record
+    sign_dir: Path | None = None  # C2PA signer folder (`provenance init`); None: $INSTANTID_EDGE_SIGNER, else unsigned
 
 
 class _Cancelled(Exception):
@@ -79,6 +81,7 @@ class LocalEngine:
         self._jobs: dict[str, _Job] = {}
         self._queue: deque[str] = deque()
         self._pipe = None
+        self._signer = None
         self._failure: str | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -227,6 +230,9 @@ class LocalEngine:
 
     def _work(self) -> None:
         try:
+            from instantid_edge.runtime.provenance.credentials import configured_signer
+
+            self._signer = configured_signer(self.config.sign_dir)
             pipe = self._load()
         except BaseException as exc:  # noqa: BLE001 - any failure to load is reported, then the server stops
             with self._lock:
@@ -270,7 +276,8 @@ class LocalEngine:
             result = pipe(request.face, job.settings, request.pose, progress=progress)
             timings = {k: float(v) for k, v in result.timings.items() if isinstance(v, int | float)}
             encode_start = time.perf_counter()
-            image = encode_result(result.images[0], self._record(pipe, job, request, result))
+            record = self._record(pipe, job, request, result)
+            image = encode_result(result.images[0], record, result.watermarked, self._signer)
             timings["encode"] = round(time.perf_counter() - encode_start, 4)
             del result
         except _Cancelled:

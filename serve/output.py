@@ -1,21 +1,13 @@
-"""The served image: the result's pixels encoded with their provenance, in memory (never written to disk).
-
-Integration point for the provenance package (issue 14): when runtime/provenance/ lands, this becomes its one
-output call for bytes (watermark + XMP label, signed if configured). Until then: the runtime's PNG labels (a
-text disclosure, the JSON record and the XMP/IPTC digital source type).
-"""
+"""The served image: the result's pixels through the provenance package's one output call, as bytes in memory
+(never written to disk): watermarked (the pipeline marks its images itself), labelled AI-generated in XMP/IPTC
+and the PNG record, and signed with C2PA when a signer is configured."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image
 
 
-def encode_result(rgb: np.ndarray, record: dict) -> bytes:
-    from instantid_edge.runtime.provenance import png_info
+def encode_result(rgb: np.ndarray, record: dict, watermarked: bool, signer=None) -> bytes:
+    from instantid_edge.runtime.provenance import encode_output
 
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG", pnginfo=png_info(record))
-    return buffer.getvalue()
+    return encode_output(rgb, record, "PNG", watermarked=watermarked, signer=signer, title="portrait.png")

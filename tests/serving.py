@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DIGITAL_SOURCE_TYPE = "trainedAlgorithmicMedia"
 SMALL_JOB = {"width": "64", "height": "64", "steps": "2", "prompt": "a portrait"}
 
 
@@ -53,13 +52,16 @@ def parse_events(text: str) -> list[dict]:
 
 
 def provenance(png: bytes) -> dict:
-    """The label a served image must carry: its XMP digital source type and its JSON provenance record."""
+    """The label a served image must carry (the XMP/IPTC digital source type and the JSON provenance record),
+    read back with the provenance package's own reader; returns the record and the image's size."""
+    from instantid_edge.runtime.provenance import read_label
+
     with Image.open(io.BytesIO(png)) as image:
-        image.load()
-        text = dict(image.text)
+        assert image.format == "PNG"
+        label = read_label(image)
         size = image.size
-    assert DIGITAL_SOURCE_TYPE in text["XML:com.adobe.xmp"], "no IPTC trainedAlgorithmicMedia label"
-    return {"size": size, **json.loads(text["instantid-edge"])}
+    assert label.ai_generated and label.record is not None, label
+    return {"size": size, **label.record}
 
 
 def free_port() -> int:

@@ -111,6 +111,25 @@ def test_a_job_from_upload_to_deletion(pipe, face):
         _error(client.delete(f"/v1/jobs/{job['id']}"), 404, "not_found")
 
 
+def test_served_images_carry_the_watermark_and_the_label(pipe, face):
+    """Through the provenance package's one output call (512 px: smaller images hold too few watermark tiles)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from instantid_edge.runtime.provenance.watermark import detect
+
+    with serving(pipe) as client:
+        job_id = _submit(client, face, {**SMALL_JOB, "width": "512", "height": "512", "steps": "1"}).json()["id"]
+        client.get(f"/v1/jobs/{job_id}/events")
+        png = client.get(f"/v1/jobs/{job_id}/image").content
+    record = provenance(png)
+    assert record["generator"] == "server" and record["size"] == (512, 512)
+    found = detect(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
+    assert found.detected and found.payload.generator_name == "runtime"
+
+
 def test_reconnecting_with_last_event_id_gets_only_later_events(pipe, face):
     with serving(pipe) as client:
         job_id = _submit(client, face).json()["id"]
