@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from instantid_edge.runtime.errors import InstantIDError
+from instantid_edge.runtime.memory import release_memory
 
 from .errors import JobNotFound, NotFinished, NotReady, QueueFull, job_error_code
 from .event_hub import EventHub
@@ -295,6 +296,7 @@ class LocalEngine:
             state = JobState.ERROR
             error = JobError("internal_error", f"the job failed ({type(exc).__name__}); the server is still running")
         seconds = time.perf_counter() - start
+        release_memory()  # hand the job's freed arrays back to the system: a kiosk runs for days
         with self._lock:
             job.timings, job.image = timings, image
             self._finish_locked(job, state, error)
