@@ -31,6 +31,7 @@ def load_pipeline(spec: PipelineSpec):
         precision_hint=spec.precision,
         memory=spec.memory,
     )
+    pipe.watermark = False  # the server marks each image as it encodes it, with its own generator id ("server")
     warm_up(pipe)
     return pipe
 

@@ -1,6 +1,7 @@
 """The served image: the result's pixels through the provenance package's one output call, as bytes in memory
-(never written to disk): watermarked (the pipeline marks its images itself), labelled AI-generated in XMP/IPTC
-and the PNG record, and signed with C2PA when a signer is configured."""
+(never written to disk): watermarked with the generator id "server" (loading.py turns the pipeline's own marking
+off, so pixels are marked once), labelled AI-generated in XMP/IPTC and the PNG record, and signed with C2PA when
+a signer is configured."""
 
 from __future__ import annotations
 

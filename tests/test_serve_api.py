@@ -127,7 +127,7 @@ def test_served_images_carry_the_watermark_and_the_label(pipe, face):
     record = provenance(png)
     assert record["generator"] == "server" and record["size"] == (512, 512)
     found = detect(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
-    assert found.detected and found.payload.generator_name == "runtime"
+    assert found.detected and found.payload.generator_name == "server"
 
 
 def test_reconnecting_with_last_event_id_gets_only_later_events(pipe, face):
