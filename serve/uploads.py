@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from .errors import BadForm, UnsupportedMediaType, UploadTooLarge
 
@@ -87,6 +87,8 @@ def parse_multipart(body: bytes, content_type: str | None) -> dict[str, Part]:
         parser.finalize()
     except FormParserError as exc:
         raise BadForm(f"the multipart body is malformed ({exc})") from exc
+    if parser.state != MultipartState.END:
+        raise BadForm("the multipart body ends before its closing boundary; send the form again")
     by_name: dict[str, Part] = {}
     for part in parts:
         if part.name in by_name:

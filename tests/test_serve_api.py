@@ -151,6 +151,7 @@ def test_styles_are_listed(pipe):
         ("not multipart", 415, "unsupported_media_type", "multipart/form-data"),
         ("no face part", 422, "bad_form", "needs a `face` file part"),
         ("face given twice", 422, "bad_form", "more than once"),
+        ("body cut short", 422, "bad_form", "ends before its closing boundary"),
         ("unknown field", 422, "bad_form", "colour"),
         ("steps not a number", 422, "bad_form", "steps"),
         ("not an image", 422, "bad_image", "cannot read the face photo as an image"),
@@ -171,6 +172,10 @@ def test_bad_submissions_get_a_clear_error(strict_client, face, case, status, co
     requests = {
         "not multipart": {"json": {"prompt": "x"}},
         "no face part": {"files": {"pose": photo}, "data": {"prompt": "x"}},
+        "body cut short": {
+            "content": b'--b\r\nContent-Disposition: form-data; name="face"; filename="f.png"\r\n\r\n\x89PNG',
+            "headers": {"Content-Type": "multipart/form-data; boundary=b"},
+        },
         "face given twice": {"files": [("face", small), ("face", small)], "data": {"prompt": "x"}},
         "unknown field": {"files": {"face": photo}, "data": {"prompt": "x", "colour": "red"}},
         "steps not a number": {"files": {"face": photo}, "data": {"prompt": "x", "steps": "many"}},
@@ -196,7 +201,7 @@ def test_bad_submissions_get_a_clear_error(strict_client, face, case, status, co
 
 
 def test_after_bad_submissions_the_worker_still_runs_jobs_and_metrics_count_them(strict_client, face):
-    assert sum(REFUSED.values()) == 15
+    assert sum(REFUSED.values()) == 16
     metrics = strict_client.get("/metrics").text
     for code, count in REFUSED.items():
         assert f'instantid_submissions_refused_total{{reason="{code}"}} {count}' in metrics
