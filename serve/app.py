@@ -77,6 +77,8 @@ def create_app(engine: Engine, config: AppConfig) -> FastAPI:
         title="instantid-edge kiosk service",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's docs pages load their scripts from a CDN: nothing here may reach off the machine
+        redoc_url=None,
         # nothing a visitor sends may leave the machine, whatever the environment says about exporters
         telemetry={"auto_configure": False, "tracing": False, "metrics": False, "logs": False},
     )

@@ -89,7 +89,7 @@ def serve(package_dir, host, port, backend, threads, profile, face_models, memor
     \b
     Example:
       instantid-edge serve --package pkg --face-models ~/.insightface/models/antelopev2
-      # then open http://127.0.0.1:8000/ (API: http://127.0.0.1:8000/docs)
+      # then open http://127.0.0.1:8000/ (the API's OpenAPI document: http://127.0.0.1:8000/openapi.json)
     """
     from instantid_edge.runtime.manifest import read_manifest
     from instantid_edge.runtime.provenance.credentials import configured_signer
