@@ -257,11 +257,11 @@ def test_a_job_past_its_deadline_ends_in_error_and_frees_the_worker(pipe, face):
 
 
 def test_finished_jobs_and_images_are_forgotten_after_the_ttl(pipe, face):
-    with serving(pipe, job_ttl=1.0) as client:
+    with serving(pipe, job_ttl=2.0) as client:
         job_id = _submit(client, face).json()["id"]
         client.get(f"/v1/jobs/{job_id}/events")
         assert client.get(f"/v1/jobs/{job_id}/image").status_code == 200
-        time.sleep(1.6)
+        time.sleep(3.0)
         _error(client.get(f"/v1/jobs/{job_id}/image"), 404, "not_found")
         _error(client.get(f"/v1/jobs/{job_id}"), 404, "not_found")
 
