@@ -13,6 +13,7 @@ import click
 import fastapi  # noqa: F401 - imported here so that a missing `serve` extra is reported before anything starts
 import uvicorn
 
+from instantid_edge.runtime.backends import BACKENDS
 from instantid_edge.runtime.cli_options import memory_option
 from instantid_edge.runtime.errors import ConfigError, InstantIDError
 from instantid_edge.runtime.provenance.cli import sign_option
@@ -56,7 +57,7 @@ def is_loopback(host: str) -> bool:
 @click.option("--package", "package_dir", type=click.Path(path_type=Path), required=True, help="Model package folder.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback unless given.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--backend", type=click.Choice(["openvino", "onnxruntime"]), default="onnxruntime", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Inference threads (default: the backend's choice).")
 @click.option("--profile", type=click.Choice(PROFILES), help="Run profile from the package (a job's settings win).")
 @click.option(

@@ -41,11 +41,12 @@ def warm_up(pipe) -> None:
     start and the first visitor does not wait for compilation. OpenVINO still specialises the denoiser for each
     new output size on the first job of that size."""
     from instantid_edge.runtime.errors import NoFaceError
+    from instantid_edge.runtime.memory import STAGES
     from instantid_edge.runtime.package import REQUIRED_GRAPHS
 
     for name in REQUIRED_GRAPHS:
         pipe.package.session(name)
-    if pipe.memory != "normal":
-        pipe.package.release(*REQUIRED_GRAPHS)  # a lean mode opens each graph when its stage comes
+    for stage in STAGES:  # a lean memory policy closes again what it would close after each stage
+        pipe.memory.close(stage, pipe.package)
     with contextlib.suppress(NoFaceError):  # expected: a blank frame holds no face
         pipe.analyzer.analyze(np.zeros((256, 256, 3), np.uint8), "the warm-up frame")

@@ -325,7 +325,7 @@ class LocalEngine:
             "profile": self.config.profile,
             "style": job.style,
             "package": pipe.package.root.name,
-            "standin": bool(pipe.package.standin),
+            "standin": bool(pipe.package.manifest.standin),
             "faces_found": result.conditioning.face.num_faces,
             "pose_photo": request.pose is not None,
             "image_index": 0,

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"runtime": ROOT / "runtime", "tools": ROOT / "tools", "export": ROOT / "export",
-          "quantize": ROOT / "quantize", "bench": ROOT / "bench"}  # fmt: skip
+          "quantize": ROOT / "quantize", "bench": ROOT / "bench", "serve": ROOT / "serve"}  # fmt: skip
 # Which parts of instantid_edge each layer may import (besides the package root, for __version__).
 # quantize reads and writes ONNX files with export's torch-free onnx_files helper.
 ALLOWED = {
@@ -24,10 +24,12 @@ ALLOWED = {
     "export": {"export", "runtime", "tools"},
     "quantize": {"quantize", "runtime", "tools", "export.onnx_files"},
     "bench": {"bench", "runtime", "tools", "export", "quantize"},
+    "serve": {"serve", "runtime"},  # the service is a layer on the runtime alone (and needs no torch)
 }
 TORCH_STACK = ("torch", "diffusers", "transformers", "safetensors", "accelerate", "peft", "nncf")
 # import name -> distribution name, where they differ
-DISTRIBUTIONS = {"cv2": "opencv-python", "PIL": "pillow", "skimage": "scikit-image", "c2pa": "c2pa-python"}
+DISTRIBUTIONS = {"cv2": "opencv-python", "PIL": "pillow", "skimage": "scikit-image", "c2pa": "c2pa-python",
+                 "python_multipart": "python-multipart"}  # fmt: skip
 
 
 def imported_modules(source: str, package: str) -> list[str]:
@@ -89,7 +91,7 @@ def test_each_layer_imports_only_the_layers_it_may(layer):
     assert not offenders
 
 
-@pytest.mark.parametrize("layer", ["runtime", "tools"])
+@pytest.mark.parametrize("layer", ["runtime", "tools", "serve"])
 def test_runtime_and_tools_never_import_the_torch_stack(layer):
     offenders = [f"{path.name}: {module}" for path, modules in _sources(layer) for module in modules
                  if module.split(".")[0] in TORCH_STACK]  # fmt: skip
@@ -114,10 +116,10 @@ def _declared() -> dict[str, set[str]]:
 def test_every_third_party_import_is_declared(layer):
     declared = _declared()
     anywhere = set().union(*declared.values())
-    # the runtime and tools install with `pip install .`: their imports must be in the base dependencies or in
-    # an extra that brings no torch (such as `sign`)
+    # the runtime and tools install with `pip install .`, the service with the `serve` extra: their imports must
+    # be in the base dependencies or in an extra that brings no torch (such as `sign` and `serve`)
     torch_free = set().union(*(reqs for reqs in declared.values() if "torch" not in reqs))
-    allowed = torch_free if layer in ("runtime", "tools") else anywhere
+    allowed = torch_free if layer in ("runtime", "tools", "serve") else anywhere
     undeclared = set()
     for path, modules in _sources(layer):
         for module in modules:
