@@ -16,10 +16,10 @@ import uvicorn
 from instantid_edge.runtime.backends import BACKENDS
 from instantid_edge.runtime.cli_options import memory_option
 from instantid_edge.runtime.errors import ConfigError, InstantIDError
+from instantid_edge.runtime.manifest import PROFILE_NAMES
 from instantid_edge.runtime.provenance.cli import sign_option
 
 MIN_TOKEN_LENGTH = 16
-PROFILES = ("fast", "quality")
 
 
 def read_token(path: Path) -> str:
@@ -59,7 +59,12 @@ def is_loopback(host: str) -> bool:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Inference threads (default: the backend's choice).")
-@click.option("--profile", type=click.Choice(PROFILES), help="Run profile from the package (a job's settings win).")
+@click.option(
+    "--profile",
+    type=click.Choice(PROFILE_NAMES),
+    help="Run every job as the package was exported for (fast: its few-step distillation and tiny decoder; "
+    "see inspect); the fields a client sends win.",
+)
 @click.option(
     "--face-models",
     type=click.Path(path_type=Path),
@@ -102,8 +107,8 @@ def serve(package_dir, host, port, backend, threads, profile, face_models, memor
     from .local_engine import EngineConfig, LocalEngine
 
     limit_malloc_arenas()  # before any thread starts
-    read_manifest(package_dir)  # a wrong folder fails here, before the server starts
-    check_profile(profile)
+    manifest = read_manifest(package_dir)  # a wrong folder fails here, before the server starts
+    check_profile(manifest, profile)  # and so does a profile the package does not have
     configured_signer(sign_dir)  # a bad signing set-up fails here too
     styles = load_styles(styles_file)
     token = read_token(token_file) if token_file else None

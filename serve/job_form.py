@@ -39,6 +39,9 @@ class JobForm(BaseModel):
     width: int | None = Field(None, description="Give both or neither (default: from the photo).")
     height: int | None = None
     sampler: str | None = None
+    decoder: str | None = Field(
+        None, description="full (the VAE) or tiny (TAESD-XL, in packages exported with it). Default: the profile's."
+    )
 
 
 def request_body_schema() -> dict[str, Any]:

@@ -166,6 +166,8 @@ def test_styles_are_listed(pipe):
         ("width without height", 422, "bad_settings", "give both"),
         ("unknown style", 422, "bad_settings", "unknown style 'cubism'; choose one of photo"),
         ("no prompt or style", 422, "bad_settings", "give a prompt, a style, or both"),
+        ("unknown decoder", 422, "bad_settings", "decoder must be one of full, tiny"),
+        ("decoder the package lacks", 422, "bad_settings", "this package has no tiny decoder .it has: full."),
         ("too large", 413, "upload_too_large", "limit of 1 MiB"),
     ],
 )
@@ -197,6 +199,8 @@ def test_bad_submissions_get_a_clear_error(strict_client, face, case, status, co
         "width without height": {"files": {"face": photo}, "data": {"prompt": "x", "width": "64"}},
         "unknown style": {"files": {"face": photo}, "data": {"style": "cubism"}},
         "no prompt or style": {"files": {"face": photo}, "data": {"seed": "1"}},
+        "unknown decoder": {"files": {"face": photo}, "data": {"prompt": "x", "decoder": "medium"}},
+        "decoder the package lacks": {"files": {"face": photo}, "data": {"prompt": "x", "decoder": "tiny"}},
         "too large": {"files": {"face": ("big.png", face + b"\0" * 400_000, "image/png")}, "data": {"prompt": "x"}},
     }
     _error(strict_client.post("/v1/jobs", **requests[case]), status, code, match)
@@ -204,7 +208,7 @@ def test_bad_submissions_get_a_clear_error(strict_client, face, case, status, co
 
 
 def test_after_bad_submissions_the_worker_still_runs_jobs_and_metrics_count_them(strict_client, face):
-    assert sum(REFUSED.values()) == 16
+    assert sum(REFUSED.values()) == 18
     metrics = strict_client.get("/metrics").text
     for code, count in REFUSED.items():
         assert f'instantid_submissions_refused_total{{reason="{code}"}} {count}' in metrics

@@ -6,7 +6,7 @@
 const IDLE_SECONDS = 120; // on the result or error screen, then the page starts over by itself
 // A kiosk operator may preset these job fields in the page's address, e.g. /?steps=8&width=768&height=768
 const PRESET_FIELDS = ["prompt", "negative_prompt", "seed", "steps", "guidance", "ip_scale", "identitynet_scale",
-  "width", "height", "sampler"];
+  "width", "height", "sampler", "decoder"];
 
 const $ = (id) => document.getElementById(id);
 const page = {
