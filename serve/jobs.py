@@ -62,6 +62,8 @@ class JobStatus:
     settings: dict[str, Any]  # what the job runs with: the resolved seed, steps, size, style...
     timings: dict[str, float]  # seconds per stage once done
     error: JobError | None = None
+    replica: str | None = None  # the replica that holds the job, where replicas run it (None: this process)
+    node: str | None = None  # the cluster node of that replica
 
 
 @dataclass(frozen=True)

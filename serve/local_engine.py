@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from instantid_edge.runtime.errors import InstantIDError
-from instantid_edge.runtime.memory import release_memory
 
 from .errors import JobNotFound, NotFinished, NotReady, QueueFull, job_error_code
 from .event_hub import EventHub
+from .job_run import Cancelled, DeadlineExceeded, check_faces, run_job, status_settings
 from .job_settings import job_settings
 from .jobs import EngineMetrics, JobError, JobEvent, JobRequest, JobState, JobStatus, Readiness, Submitted
-from .output import encode_result
 
 log = logging.getLogger("instantid_edge.serve")
 
@@ -40,14 +39,6 @@ class EngineConfig:
     profile: str | None = None  # run profile applied under each job's own settings
     generator: str = "server"  # names this server in every image's provenance record
     sign_dir: Path | None = None  # C2PA signer folder (`provenance init`); None: $INSTANTID_EDGE_SIGNER, else unsigned
-
-
-class _Cancelled(Exception):
-    pass
-
-
-class _DeadlineExceeded(Exception):
-    pass
 
 
 @dataclass(eq=False)
@@ -264,73 +255,31 @@ class LocalEngine:
 
         def progress(done: int, total: int) -> None:
             if job.cancel_requested:
-                raise _Cancelled
+                raise Cancelled
             if time.monotonic() > deadline:
-                raise _DeadlineExceeded
+                raise DeadlineExceeded
             with self._lock:
                 job.step, job.total = done, total
                 self._publish_locked(job, "step", {"step": done, "total": total})
 
-        start = time.perf_counter()
-        image, timings, error, state = None, {}, None, JobState.DONE
-        try:
-            result = pipe(request.face, job.settings, request.pose, progress=progress)
-            timings = {k: float(v) for k, v in result.timings.items() if isinstance(v, int | float)}
-            encode_start = time.perf_counter()
-            record = self._record(pipe, job, request, result)
-            image = encode_result(result.images[0], record, result.watermarked, self._signer)
-            timings["encode"] = round(time.perf_counter() - encode_start, 4)
-            del result
-        except _Cancelled:
-            state = JobState.CANCELLED
-        except _DeadlineExceeded:
-            state = JobState.ERROR
-            error = JobError(
-                "deadline_exceeded",
-                f"the job ran past its {self.config.job_timeout:g}-second deadline and was stopped",
-            )
-        except InstantIDError as exc:
-            state, error = JobState.ERROR, JobError(job_error_code(exc), str(exc))
-        except Exception as exc:  # noqa: BLE001 - a job's failure must never take the worker down
-            log.exception("job %s failed", job.id[:8])
-            state = JobState.ERROR
-            error = JobError("internal_error", f"the job failed ({type(exc).__name__}); the server is still running")
-        seconds = time.perf_counter() - start
-        release_memory()  # hand the job's freed arrays back to the system: a kiosk runs for days
+        record = {"generator": self.config.generator, "profile": self.config.profile, "style": job.style}
+        outcome = run_job(pipe, request, job.settings, record, progress, self._signer, self.config.job_timeout)
+        state, error, timings = outcome.state, outcome.error, outcome.timings
         with self._lock:
-            job.timings, job.image = timings, image
+            job.timings, job.image = timings, outcome.image
             self._finish_locked(job, state, error)
             if state is JobState.DONE:
                 for stage, value in timings.items():
                     total = self._stages.setdefault(stage, [0.0, 0])
                     total[0] += value
                     total[1] += 1
-                self._mean_job_seconds = 0.7 * self._mean_job_seconds + 0.3 * seconds
-        log.info("job %s %s after %.2f s%s", job.id[:8], state.value, seconds, f" ({error.code})" if error else "")
+                self._mean_job_seconds = 0.7 * self._mean_job_seconds + 0.3 * outcome.seconds
+        log.info(
+            "job %s %s after %.2f s%s", job.id[:8], state.value, outcome.seconds, f" ({error.code})" if error else ""
+        )
 
     def _check_faces(self, request: JobRequest) -> None:
-        """The pipeline's own face analysis, run before queueing so that a photo without a face is refused at
-        once (the pipeline repeats it; detection is a small part of a job)."""
-        from instantid_edge.runtime.images import resize_like_instantid
-
-        self._pipe.analyzer.analyze(resize_like_instantid(request.face), "the face photo")
-        if request.pose is not None:
-            self._pipe.analyzer.analyze(resize_like_instantid(request.pose), "the pose photo")
-
-    def _record(self, pipe, job: _Job, request: JobRequest, result) -> dict:
-        """The provenance record each image carries (the same fields as `generate` writes)."""
-        return {
-            "generator": self.config.generator,
-            "settings": result.settings.to_dict(),
-            "profile": self.config.profile,
-            "style": job.style,
-            "package": pipe.package.root.name,
-            "standin": bool(pipe.package.manifest.standin),
-            "faces_found": result.conditioning.face.num_faces,
-            "pose_photo": request.pose is not None,
-            "image_index": 0,
-            "seed": result.settings.seed,
-        }
+        check_faces(self._pipe, request)
 
     # -- bookkeeping, all under self._lock
 
@@ -388,8 +337,6 @@ class LocalEngine:
 
     def _status_locked(self, job: _Job) -> JobStatus:
         position = self._queue.index(job.id) + 1 if job.state is JobState.QUEUED else None
-        settings = job.settings.to_dict()
-        settings.pop("num_images", None)
         return JobStatus(
             id=job.id,
             state=job.state,
@@ -401,7 +348,7 @@ class LocalEngine:
             finished=job.finished,
             expires=job.expires,
             cancel_requested=job.cancel_requested,
-            settings={**settings, "style": job.style, "profile": self.config.profile},
+            settings=status_settings(job.settings, job.style, self.config.profile),
             timings=dict(job.timings),
             error=job.error,
         )
