@@ -19,6 +19,8 @@ from instantid_edge.runtime.errors import ConfigError, InstantIDError
 from instantid_edge.runtime.manifest import PROFILE_NAMES
 from instantid_edge.runtime.provenance.cli import sign_option
 
+from .cluster_options import cluster_options, collect
+
 MIN_TOKEN_LENGTH = 16
 
 
@@ -88,8 +90,9 @@ def is_loopback(host: str) -> bool:
     "--token-file", type=click.Path(path_type=Path), help="File holding a token every /v1 call must send as Bearer."
 )
 @sign_option
+@cluster_options
 def serve(package_dir, host, port, backend, threads, profile, face_models, memory, max_queue, job_ttl, job_timeout,
-          max_upload_mb, styles_file, token_file, sign_dir):  # fmt: skip
+          max_upload_mb, styles_file, token_file, sign_dir, **cluster_values):  # fmt: skip
     """Serve the kiosk page and an HTTP API: the model loads once, jobs run one at a time, nothing is kept.
 
     \b
@@ -106,6 +109,7 @@ def serve(package_dir, host, port, backend, threads, profile, face_models, memor
     from .loading import PipelineSpec, load_pipeline
     from .local_engine import EngineConfig, LocalEngine
 
+    cluster = collect(cluster_values)
     limit_malloc_arenas()  # before any thread starts
     manifest = read_manifest(package_dir)  # a wrong folder fails here, before the server starts
     check_profile(manifest, profile)  # and so does a profile the package does not have
@@ -119,6 +123,10 @@ def serve(package_dir, host, port, backend, threads, profile, face_models, memor
         )
     spec = PipelineSpec(package_dir, backend, threads, face_models, memory)
     config = EngineConfig(max_queue, job_ttl, job_timeout, profile, f"server ({backend})", sign_dir)
+    if cluster.engine == "ray":
+        from .ray_launch import serve_on_ray
+
+        return serve_on_ray(spec, config, AppConfig(styles, int(max_upload_mb * 2**20), token), cluster, host, port)
     engine = LocalEngine(partial(load_pipeline, spec), config)
     app = create_app(engine, AppConfig(styles, int(max_upload_mb * 2**20), token))
     server = uvicorn.Server(

@@ -54,7 +54,7 @@ class JobBook:
     def __init__(self, job_ttl: float = 600.0):
         self.job_ttl = job_ttl
         self._jobs: dict[str, JobRecord] = {}
-        self._admitted = 0  # jobs between admission and the end of their run call (queue slots in use)
+        self._pending = 0  # admitted submissions not yet accepted by a replica
         self._replicas: dict[str, Replica] = {}
         self._outcomes: Counter[str] = Counter()
         self._refused: Counter[str] = Counter()
@@ -64,15 +64,18 @@ class JobBook:
     # -- admission: the cluster-wide bounded queue
 
     def admit(self, capacity: int) -> int | None:
-        """Take a queue slot if fewer than `capacity` are in use; else None and the seconds to wait."""
-        if self._admitted >= capacity:
+        """Take a queue slot if fewer than `capacity` jobs are queued, running or being submitted; else count a
+        refusal and return the seconds to wait. A slot is given back when its job finishes (or by release())."""
+        unfinished = sum(not job.state.finished for job in self._jobs.values())
+        if self._pending + unfinished >= capacity:
             self._refused["queue_full"] += 1
             return min(3600, max(1, math.ceil(self._mean_job_seconds)))
-        self._admitted += 1
+        self._pending += 1
         return None
 
     def release(self) -> None:
-        self._admitted = max(0, self._admitted - 1)
+        """A submission admitted but refused by its replica (no face, bad settings) or lost on its way."""
+        self._pending = max(0, self._pending - 1)
 
     def count_refusal(self, reason: str) -> None:
         self._refused[reason] += 1
@@ -92,6 +95,7 @@ class JobBook:
 
     def add(self, job_id: str, settings: dict, total: int, replica: str, node: str, position: int) -> None:
         self._sweep()
+        self._pending = max(0, self._pending - 1)  # the job holds its slot itself now, until it finishes
         job = JobRecord(job_id, settings, total, replica, node, time.time(), queue_position=position)
         self._jobs[job_id] = job
         self._publish(job, "queued", {"queue_position": position})

@@ -26,6 +26,7 @@ from .ray_engine import RayEngine
 from .ray_worker import PortraitWorker
 
 NAMESPACE = "instantid-edge"
+APP_NAME = "instantid-edge"
 ON_HEAD = {"node:__internal_head__": 0.001}  # Ray's built-in resource of the head node
 log = logging.getLogger("instantid_edge.serve")
 
@@ -83,3 +84,32 @@ def build_app(spec: PipelineSpec, config: EngineConfig, app_config: AppConfig, s
     )
     workers = worker.bind(spec, config, registry_name, NAMESPACE)
     return front.bind(workers, app_config, registry_name, 1 + config.max_queue)
+
+
+def run_on_ray(spec: PipelineSpec, config: EngineConfig, app_config: AppConfig, scaling: Scaling, address: str | None,
+                 host: str, port: int) -> None:  # fmt: skip
+    """Run the service on a Ray cluster until SIGINT/SIGTERM: connect to `address` (or start Ray on this machine),
+    start Serve's proxy on the head at host:port, deploy, wait; then remove what this command started."""
+    import os
+    import signal
+    import threading
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # a cluster of our own gets no dashboard (it serves a web page on 0.0.0.0 we do not need)
+    ray.init(address=address, namespace=NAMESPACE, **({} if address else {"include_dashboard": False}))
+    registry = None
+    try:
+        serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+        registry_name, registry = start_registry(config.job_ttl)
+        serve.run(build_app(spec, config, app_config, scaling, registry_name), name=APP_NAME, route_prefix="/")
+        nodes = len({node["NodeID"] for node in ray.nodes() if node["Alive"]})
+        log.info("ready on http://%s:%d/ (Ray cluster of %d node(s))", host, port, nodes)
+        stopped = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stopped.set())
+        stopped.wait()
+    finally:
+        serve.shutdown()
+        if registry is not None:
+            ray.kill(registry)
+        ray.shutdown()

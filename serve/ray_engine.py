@@ -7,8 +7,9 @@ Where things live:
   (job_book.py), written by the replica as the job moves and read here for any client;
 - this engine follows each job's stream: if the replica or its node dies, the stream fails and the job is turned
   into an error (`replica_lost`), so no job stays queued or running forever.
-- the bounded queue is cluster-wide: the registry admits at most (replicas x (1 + max_queue)) jobs at a time,
-  and each replica takes at most 1 + max_queue (Serve's max_ongoing_requests), so the router always has room.
+- the bounded queue is cluster-wide: the registry admits at most (replicas x (1 + max_queue)) unfinished jobs,
+  and each replica takes at most 1 + max_queue run calls (Serve's max_ongoing_requests), so the router has room
+  (at worst it holds a call for the moment a finished job's call takes to end).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import secrets
 from collections.abc import AsyncIterator
 
 from .errors import JobNotFound, NotReady, QueueFull, ServiceError, job_error_code
-from .jobs import EngineMetrics, JobEvent, JobRequest, JobStatus, Readiness, Submitted
+from .jobs import EngineMetrics, JobEvent, JobRequest, JobState, JobStatus, Readiness, Submitted
 
 log = logging.getLogger("instantid_edge.serve")
 EVENT_POLL_SECONDS = 0.1  # how often an event stream asks the registry for news
@@ -42,6 +43,7 @@ class RayEngine:
         self._namespace = namespace
         self._slots = slots_per_replica
         self._registry = None
+        self._streams: dict[str, object] = {}  # job id -> its run call, while it lasts
         self._following: set[asyncio.Task] = set()
         self._stopping = False
 
@@ -60,8 +62,8 @@ class RayEngine:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in list(self._following):
-            task.cancel()
+        for stream in list(self._streams.values()):
+            stream.cancel()
 
     async def ready(self) -> Readiness:
         if self._stopping:
@@ -94,8 +96,9 @@ class RayEngine:
                 await self._ask("count_refusal", job_error_code(cause))
                 raise cause from None
             raise
+        self._streams[job_id] = stream
         task = asyncio.create_task(self._follow(job_id, accepted["replica"], stream))
-        self._following.add(task)
+        self._following.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._following.discard)
         log.info("job %s queued at position %d on %s", job_id[:8], accepted["position"], accepted["replica"])
         return Submitted(job_id, accepted["position"])
@@ -103,6 +106,8 @@ class RayEngine:
     async def _follow(self, job_id: str, replica: str, stream) -> None:
         """Wait for the job's run call to end; if it ends without an outcome (the replica or its node died, the call
         was cancelled), the job becomes an error instead of staying queued or running forever."""
+        from ray.exceptions import RayActorError
+
         reason = "the replica ended the job without an outcome"
         try:
             async for _ in stream:
@@ -110,16 +115,17 @@ class RayEngine:
         except asyncio.CancelledError:
             reason = "the service is shutting down"
             raise
-        except Exception as exc:  # noqa: BLE001 - whatever killed the call, the job must end
+        except RayActorError as exc:  # the replica's process or its node is gone
             reason = f"the replica running this job was lost ({type(exc).__name__}); please submit it again"
             log.warning("job %s: replica %s lost: %s", job_id[:8], replica, type(exc).__name__)
             with contextlib.suppress(Exception):
                 await self._ask("replica_lost", replica)
+        except Exception as exc:  # noqa: BLE001 - cancelled by us (a queued job), or anything else: the job must end
+            reason = f"the job's call to its replica failed ({type(exc).__name__})"
         finally:
+            self._streams.pop(job_id, None)
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._ask("fail_unfinished", job_id, "replica_lost", reason))
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._ask("release"))
 
     async def status(self, job_id: str) -> JobStatus:
         return await self._ask("status", job_id)
@@ -147,7 +153,11 @@ class RayEngine:
         return await self._ask("image", job_id)
 
     async def cancel(self, job_id: str) -> JobStatus | None:
-        return await self._ask("cancel", job_id)
+        status = await self._ask("cancel", job_id)
+        stream = self._streams.get(job_id)
+        if status is not None and status.state is JobState.CANCELLED and stream is not None:
+            stream.cancel()  # a job cancelled while it waited: end its run call now, freeing the replica's slot
+        return status
 
     async def metrics(self) -> EngineMetrics:
         return await self._ask("metrics")

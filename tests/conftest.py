@@ -133,3 +133,14 @@ def weights_package(tmp_path_factory, runtime_package, face_pack) -> Path:
 def hybrid_package(tmp_path_factory, runtime_package, face_pack) -> Path:
     """The tiny package quantized with `--method hybrid`: calibrated integer convolutions in both formats."""
     return _int8_package(tmp_path_factory, runtime_package, face_pack, "hybrid")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A two-node local Ray cluster (tests/ray_cluster.py); only inside the namespace tests/test_serve_ray.py makes."""
+    from ray_cluster import inside_namespace, local_cluster
+
+    if not inside_namespace():
+        pytest.skip("Ray tests run inside a loopback-only namespace that tests/test_serve_ray.py starts")
+    with local_cluster(nodes=2) as cluster:
+        yield cluster

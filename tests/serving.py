@@ -80,9 +80,9 @@ def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 
 @contextlib.contextmanager
 def running_server(package: Path, face_pack: Path, *options: str, cwd: Path | None = None, env: dict | None = None,
-                   log: Path | None = None, ready_timeout: float = 120.0):  # fmt: skip
+                   log: Path | None = None, ready_timeout: float = 120.0, port: int | None = None):  # fmt: skip
     """`instantid-edge serve` in its own process; yields (base url, Popen). Stopped with SIGINT, then killed."""
-    port = free_port()
+    port = port or free_port()
     command = [sys.executable, "-m", "instantid_edge.cli", "serve", "--package", str(package),
                "--face-models", str(face_pack), "--port", str(port), "--threads", "1", *options]  # fmt: skip
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below

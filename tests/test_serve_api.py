@@ -1,7 +1,9 @@
-"""The service's HTTP API on the tiny package, in process (FastAPI's TestClient): every endpoint and error path.
+"""The service's HTTP API on the tiny package: every endpoint and error path, for each engine.
 
-Each test builds its own engine over one shared, already loaded pipeline, so limits (queue, TTL, deadline,
-token) can differ per test without reloading models.
+local: in process (FastAPI's TestClient); each test builds its own engine over one shared, already loaded pipeline,
+so limits (queue, TTL, deadline, token) can differ per test without reloading models.
+ray: the same app deployed on a local Ray cluster per test (one worker replica), through Serve's HTTP proxy; only
+inside the loopback-only namespace that tests/test_serve_ray.py starts (it runs `pytest -k ray` on this file).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import pytest
 
@@ -18,6 +21,7 @@ pytest.importorskip("fastapi", reason="the service needs the serve extra: pip in
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx: pip install httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from ray_cluster import inside_namespace, serve_app  # noqa: E402
 from serving import SMALL_JOB, decompression_bomb, faceless_photo, parse_events, provenance  # noqa: E402
 
 from instantid_edge.runtime.styles import load_styles  # noqa: E402
@@ -28,9 +32,23 @@ from instantid_edge.serve.local_engine import EngineConfig, LocalEngine  # noqa:
 LONG_JOB = {**SMALL_JOB, "steps": "400"}  # about 30 s on the tiny package: long enough to act on while it runs
 
 
-@pytest.fixture(scope="module")
-def pipe(runtime_package, face_pack):
-    return load_pipeline(PipelineSpec(runtime_package, threads=1, face_models=face_pack, memory="normal"))
+ENGINES = ["local", "ray"] if inside_namespace() else ["local"]
+
+
+@dataclass(frozen=True)
+class OnRay:
+    """What the ray variant serves: the pipeline spec for its replicas, on this cluster."""
+
+    cluster: object
+    spec: PipelineSpec
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def pipe(request, runtime_package, face_pack):
+    spec = PipelineSpec(runtime_package, threads=1, face_models=face_pack, memory="normal")
+    if request.param == "ray":
+        return OnRay(request.getfixturevalue("ray_cluster"), spec)
+    return load_pipeline(spec)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +67,11 @@ REFUSED: Counter[str] = Counter()  # what the bad-submission cases sent to stric
 
 @contextlib.contextmanager
 def serving(pipe, load=None, token=None, max_upload_bytes=10 * 2**20, **engine_options):
+    if isinstance(pipe, OnRay):
+        config = AppConfig(load_styles(), max_upload_bytes, token)
+        with serve_app(pipe.cluster, pipe.spec, EngineConfig(**engine_options), config) as client:
+            yield client
+        return
     engine = LocalEngine(load or (lambda: pipe), EngineConfig(**engine_options))
     app = create_app(engine, AppConfig(load_styles(), max_upload_bytes, token))
     with TestClient(app) as client:
@@ -290,6 +313,8 @@ def test_token_guards_every_v1_call(pipe, face):
 
 
 def test_not_ready_until_loaded_and_warmed_then_ready(pipe, face):
+    if isinstance(pipe, OnRay):
+        pytest.skip("LocalEngine's load hook; Serve routes nothing to a replica before it has loaded")
     release = threading.Event()
 
     def slow_load():
