@@ -50,3 +50,15 @@ def warm_up(pipe) -> None:
         pipe.memory.close(stage, pipe.package)
     with contextlib.suppress(NoFaceError):  # expected: a blank frame holds no face
         pipe.analyzer.analyze(np.zeros((256, 256, 3), np.uint8), "the warm-up frame")
+
+
+def verify_package(package: Path) -> None:
+    """Every file of the package against its manifest's size and sha256: for a node that holds its own copy (or a
+    shared mount that may be stale), so that a partial or different copy fails that replica's start by name."""
+    from instantid_edge.runtime.errors import PackageError
+    from instantid_edge.runtime.manifest import read_manifest, verify_files
+
+    problems = verify_files(read_manifest(package))
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise PackageError(f"the model package at {package} differs from its manifest: {'; '.join(problems[:3])}{more}")

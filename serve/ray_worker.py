@@ -20,7 +20,7 @@ from ray import serve
 from .job_run import Cancelled, DeadlineExceeded, check_faces, run_job, status_settings
 from .job_settings import job_settings
 from .jobs import JobRequest
-from .loading import PipelineSpec, load_pipeline
+from .loading import PipelineSpec, load_pipeline, verify_package
 from .local_engine import EngineConfig
 
 
@@ -33,6 +33,7 @@ class PortraitWorker:
         limit_malloc_arenas()
         self._config = config
         self._signer = configured_signer(config.sign_dir)
+        verify_package(spec.package)  # this node's copy (or mount) of the package is the one the manifest describes
         self._pipe = load_pipeline(spec)  # once per replica; Serve routes nothing here until this returns
         self._registry = ray.get_actor(registry_name, namespace=namespace)
         self.replica = serve.get_replica_context().replica_id.unique_id

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import os
 import signal
 import subprocess
@@ -21,12 +22,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from ray_cluster import INSIDE, NAMESPACE_COMMAND, cluster_env
-from serving import SMALL_JOB, parse_events, running_server
+
+# an environment without the service (the torch-free runtime's) has nothing to run on Ray: skip there, CI or not
+pytest.importorskip("fastapi", reason="the service needs the serve extra: pip install '.[serve,cluster]'")
+pytest.importorskip("httpx", reason="the tests' HTTP client: pip install httpx")
+
+from ray_cluster import INSIDE, NAMESPACE_COMMAND, cluster_env  # noqa: E402
+from serving import SMALL_JOB, get, parse_events, running_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# what runs inside: the API suite's ray variant (less not_ready, LocalEngine's load hook) and the cluster tests
-SELECTION = "ray and not not_ready and not private_namespace and not options"
+# what runs inside: the API suite's ray variant (less not_ready, LocalEngine's load hook) and the two-node tests
+SELECTION = "on_two_nodes or (test_serve_api and ray and not not_ready)"
 LONG_JOB = {**SMALL_JOB, "steps": "400"}  # about 30 s on the tiny package
 
 
@@ -67,6 +73,8 @@ def cluster_server(ray_cluster, runtime_package, face_pack, tmp_path_factory):
     options = ("--engine", "ray", "--ray-address", ray_cluster.address, "--replicas", "2", "--max-queue", "1")
     with running_server(runtime_package, face_pack, *options, port=ray_cluster.http_port, env=ray_cluster.env,
                         log=log, ready_timeout=240) as (url, process):  # fmt: skip
+        # ready as soon as one replica has loaded; the tests want both
+        _wait(lambda: "2 replica(s), 2 node(s)" in json.loads(get(f"{url}/readyz")[1])["detail"], "both replicas")
         yield url, process
 
 
@@ -101,13 +109,12 @@ def _pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
-def test_ray_jobs_spread_over_both_nodes_and_every_full_queue_refuses(cluster_server, astronaut):
+def test_on_two_nodes_jobs_spread_over_both_and_every_full_queue_refuses(cluster_server, astronaut):
     import ray
 
     url, _ = cluster_server
     face = astronaut.read_bytes()
     with _client(url) as client:
-        assert "2 replica(s), 2 node(s)" in client.get("/readyz").json()["detail"]
         # 2 replicas x (1 running + 1 queued): four jobs fit, the fifth finds every queue full
         fields = {**SMALL_JOB, "steps": "120"}
         accepted = [_submit(client, face, fields, seed=str(seed)) for seed in range(4)]
@@ -127,7 +134,7 @@ def test_ray_jobs_spread_over_both_nodes_and_every_full_queue_refuses(cluster_se
         assert _submit(client, face).status_code == 202  # room again
 
 
-def test_ray_results_equal_the_single_process_servers(cluster_server, runtime_package, face_pack, astronaut):
+def test_on_two_nodes_results_equal_the_single_process_servers(cluster_server, runtime_package, face_pack, astronaut):
     url, _ = cluster_server
     face = astronaut.read_bytes()
     fields = {**SMALL_JOB, "seed": "7", "style": "watercolor"}
@@ -142,7 +149,7 @@ def test_ray_results_equal_the_single_process_servers(cluster_server, runtime_pa
     assert np.array_equal(_pixels(on_ray), _pixels(local))
 
 
-def test_ray_a_killed_replica_fails_its_job_and_serve_restores_it(cluster_server, astronaut):
+def test_on_two_nodes_a_killed_replica_fails_its_job_and_serve_restores_it(cluster_server, astronaut):
     import ray
 
     url, _ = cluster_server
@@ -171,7 +178,7 @@ def test_ray_a_killed_replica_fails_its_job_and_serve_restores_it(cluster_server
         assert "2 replica(s)" in client.get("/readyz").json()["detail"]
 
 
-def test_ray_cluster_options_need_the_ray_engine(runtime_package, face_pack):
+def test_cluster_options_need_the_ray_engine(runtime_package, face_pack):
     """Refused before anything starts (no Ray needed)."""
     command = [sys.executable, "-m", "instantid_edge.cli", "serve", "--package", str(runtime_package),
                "--replicas", "2", "--autoscale", "1:2"]  # fmt: skip
@@ -181,3 +188,36 @@ def test_ray_cluster_options_need_the_ray_engine(runtime_package, face_pack):
     bad = subprocess.run([*command[:5], str(runtime_package), "--engine", "ray", "--autoscale", "3:1"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "1 <= MIN <= MAX" in bad.stderr
+
+
+def test_a_package_copy_that_differs_from_its_manifest_fails_by_name(runtime_package, tmp_path):
+    """What a replica checks before loading, on a node with its own copy (no Ray needed)."""
+    import shutil
+
+    from instantid_edge.runtime.errors import PackageError
+    from instantid_edge.serve.loading import verify_package
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(runtime_package, copy)
+    verify_package(copy)
+    altered = next(path for path in sorted(copy.rglob("*.json")) if path.name != "manifest.json")
+    altered.write_bytes(altered.read_bytes() + b" ")
+    with pytest.raises(PackageError, match=f"differs from its manifest: {altered.relative_to(copy)} has"):
+        verify_package(copy)
+
+
+def test_scaling_gives_serve_a_bounded_replica_queue_and_valid_autoscaling():
+    """The worker deployment's options as Serve reads them (importing Serve starts nothing)."""
+    if importlib.util.find_spec("ray") is None:
+        _required("Ray Serve is not installed: pip install '.[cluster]'")
+    from ray import serve
+
+    from instantid_edge.serve.ray_app import Scaling
+    from instantid_edge.serve.ray_worker import PortraitWorker
+
+    fixed = serve.deployment(PortraitWorker, **Scaling(3, 2.0).options(max_queue=4))
+    assert fixed.num_replicas == 3 and fixed.max_ongoing_requests == 5
+    assert fixed.ray_actor_options["num_cpus"] == 2.0
+    scaled = serve.deployment(PortraitWorker, **Scaling(autoscale=(1, 4)).options(max_queue=2))
+    config = scaled._deployment_config.autoscaling_config
+    assert (config.min_replicas, config.max_replicas, config.target_ongoing_requests) == (1, 4, 1)
