@@ -10,6 +10,7 @@ client cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -69,6 +70,12 @@ class PortraitWorker:
         finally:
             if job_id in self._waiting:
                 self._waiting.remove(job_id)
+
+    async def __del__(self):
+        """Serve calls this when it stops the replica (scaling down, redeploying): the registry stops counting its
+        queue slots. A replica that dies instead is struck off by the ingress when its job's call fails."""
+        with contextlib.suppress(Exception):
+            await self._registry.replica_lost.remote(self.replica)
 
     def _check_faces(self, request: JobRequest) -> None:
         with self._face_check:
