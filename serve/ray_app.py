@@ -48,7 +48,8 @@ class Scaling:
             return {**options, "num_replicas": self.replicas}
         low, high = self.autoscale
         # one ongoing job per replica is the target: a queue forming anywhere asks for another replica
-        autoscaling = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": 1}
+        # (a queue at a booth is worth a replica soon: Serve's default waits 30 s before scaling up)
+        autoscaling = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": 1, "upscale_delay_s": 5}
         return {**options, "autoscaling_config": autoscaling}
 
 

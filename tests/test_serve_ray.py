@@ -52,7 +52,8 @@ def test_ray_suite_in_a_private_namespace(runtime_package, tmp_path):
     if probe.returncode != 0:
         _required(f"cannot make a private network and PID namespace (needs root or user namespaces): {probe.stderr}")
     inner = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:warnings", "-rs", "-x",
-             "tests/test_serve_api.py", "tests/test_serve_ray.py", "-k", SELECTION]  # fmt: skip
+             "tests/test_serve_api.py", "tests/test_serve_ray.py", "tests/test_serve_ray_autoscale.py",
+             "-k", SELECTION]  # fmt: skip
     env = {**os.environ, **cluster_env(tmp_path), "INSTANTID_EDGE_TEST_PACKAGE": str(runtime_package)}
     command = [*NAMESPACE_COMMAND, "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *inner]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
