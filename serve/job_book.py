@@ -48,6 +48,7 @@ class Replica:
     id: str
     node: str
     pid: int
+    actor: object = None  # its Ray actor handle, to tell whether it is still alive (the engine asks; this does not)
 
 
 class JobBook:
@@ -82,8 +83,8 @@ class JobBook:
 
     # -- replicas
 
-    def register_replica(self, replica: str, node: str, pid: int) -> None:
-        self._replicas[replica] = Replica(replica, node, pid)
+    def register_replica(self, replica: str, node: str, pid: int, actor: object = None) -> None:
+        self._replicas[replica] = Replica(replica, node, pid, actor)
 
     def replica_lost(self, replica: str) -> None:
         self._replicas.pop(replica, None)

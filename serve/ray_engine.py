@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 from .errors import JobNotFound, NotReady, QueueFull, ServiceError, job_error_code
@@ -25,6 +26,7 @@ from .jobs import EngineMetrics, JobEvent, JobRequest, JobState, JobStatus, Read
 
 log = logging.getLogger("instantid_edge.serve")
 EVENT_POLL_SECONDS = 0.1  # how often an event stream asks the registry for news
+LIVENESS_SECONDS = 2.0  # how often the registered replicas are checked for a dead one (at most, on demand)
 
 
 def _unwrapped(exc: BaseException) -> BaseException:
@@ -46,6 +48,7 @@ class RayEngine:
         self._streams: dict[str, object] = {}  # job id -> its run call, while it lasts
         self._following: set[asyncio.Task] = set()
         self._stopping = False
+        self._checked = 0.0  # monotonic time of the last liveness check
 
     async def _ask(self, method: str, *args):
         try:
@@ -65,10 +68,32 @@ class RayEngine:
         for stream in list(self._streams.values()):
             stream.cancel()
 
+    async def _replicas(self) -> list:
+        """The replicas that have loaded, less any found dead: a replica that dies while idle has no job whose call
+        would fail, and must not count for capacity while Serve replaces it."""
+        from ray.exceptions import RayActorError
+
+        replicas = await self._ask("replicas")
+        if time.monotonic() - self._checked < LIVENESS_SECONDS:
+            return replicas
+        self._checked = time.monotonic()
+        alive = []
+        for replica in replicas:
+            try:
+                if replica.actor is not None:
+                    await asyncio.wait_for(replica.actor.__ray_ready__.remote(), LIVENESS_SECONDS)
+            except RayActorError:
+                await self._ask("replica_lost", replica.id)
+                continue
+            except asyncio.TimeoutError:
+                pass  # busy or slow to answer is not dead
+            alive.append(replica)
+        return alive
+
     async def ready(self) -> Readiness:
         if self._stopping:
             return Readiness(False, "shutting down")
-        replicas = await self._ask("replicas")
+        replicas = await self._replicas()
         if not replicas:
             return Readiness(False, "loading and warming up the model on the replicas")
         nodes = len({replica.node for replica in replicas})
@@ -77,7 +102,7 @@ class RayEngine:
     # -- jobs
 
     async def submit(self, request: JobRequest) -> Submitted:
-        replicas = await self._ask("replicas")
+        replicas = await self._replicas()
         if not replicas or self._stopping:
             raise NotReady("loading and warming up the model on the replicas" if replicas == [] else "shutting down")
         retry = await self._ask("admit", len(replicas) * self._slots)

@@ -42,7 +42,8 @@ class PortraitWorker:
         self._waiting: list[str] = []  # accepted jobs waiting for this replica's turn, in order
         self._turn: asyncio.Lock | None = None
         self._face_check = threading.Lock()  # one face check at a time beside the running job
-        ray.get(self._registry.register_replica.remote(self.replica, self.node, os.getpid()))
+        actor = ray.get_runtime_context().current_actor
+        ray.get(self._registry.register_replica.remote(self.replica, self.node, os.getpid(), actor))
 
     async def run(self, job_id: str, request: JobRequest):
         config = self._config

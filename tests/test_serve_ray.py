@@ -178,6 +178,17 @@ def test_on_two_nodes_a_killed_replica_fails_its_job_and_serve_restores_it(clust
         _wait(restored, "Serve to restore the replica", timeout=180)
         assert "2 replica(s)" in client.get("/readyz").json()["detail"]
 
+        # a replica that dies idle has no job whose call fails: the liveness check strikes it off (readyz runs it)
+        idle = ray.get(registry.replicas.remote())[0]
+        os.kill(idle.pid, signal.SIGKILL)
+
+        def struck_off():
+            client.get("/readyz")
+            return idle.id not in {replica.id for replica in ray.get(registry.replicas.remote())}
+
+        _wait(struck_off, "the dead idle replica to be struck off", timeout=60)
+        _wait(lambda: "2 replica(s)" in client.get("/readyz").json()["detail"], "its replacement", timeout=180)
+
 
 def test_cluster_options_need_the_ray_engine(runtime_package, face_pack):
     """Refused before anything starts (no Ray needed)."""
