@@ -118,8 +118,9 @@ def _serving(args, cluster: str, env: dict, replicas: int):
 def _inside(args) -> dict:
     ray = str(Path(sys.executable).with_name("ray"))
     folder = Path(tempfile.mkdtemp(prefix="ray-b", dir="/tmp"))
+    # (Ray's memory monitor off: it kills workers when the shared machine, not this bench, passes 95% used)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN_PATH": str(folder / "token")}  # fmt: skip
+           "RAY_AUTH_TOKEN_PATH": str(folder / "token"), "RAY_memory_monitor_refresh_ms": "0"}  # fmt: skip
     (folder / "token").write_text(secrets.token_hex(32))
     port = _port()
     subprocess.run([ray, "start", "--head", "--port", str(port), "--num-cpus", str(max(args.replicas)),

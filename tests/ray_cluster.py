@@ -31,7 +31,16 @@ def cluster_env(folder: Path) -> dict[str, str]:
     token (on by default since 2.60; without it the second node cannot join) and no usage stats."""
     token = folder / "ray-token"
     token.write_text(secrets.token_hex(32))
-    return {INSIDE: "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    return {
+        INSIDE: "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        # Ray's own memory monitor kills its workers when the *machine* passes 95% used, whoever uses it: on a
+        # shared test machine another job's peak then kills Serve's proxy or a replica mid-test. Off in tests;
+        # the kernel's OOM killer still guards the machine.
+        "RAY_memory_monitor_refresh_ms": "0",
+    }
 
 
 @dataclass(frozen=True)
