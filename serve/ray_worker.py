@@ -62,7 +62,12 @@ class PortraitWorker:
                 if not await self._registry.start.remote(job_id):
                     return  # cancelled while it waited
                 record = {"generator": config.generator, "profile": config.profile, "style": request.style}
-                outcome = await asyncio.to_thread(self._execute, job_id, request, settings, record)
+                abandoned = threading.Event()  # the call was cancelled (shutdown): stop at the next step
+                try:
+                    outcome = await asyncio.to_thread(self._execute, job_id, request, settings, record, abandoned)
+                except asyncio.CancelledError:
+                    abandoned.set()
+                    raise
                 del request
                 await self._registry.finish.remote(
                     job_id, outcome.state, outcome.error, outcome.image, outcome.timings, outcome.seconds
@@ -82,13 +87,13 @@ class PortraitWorker:
         with self._face_check:
             check_faces(self._pipe, request)
 
-    def _execute(self, job_id: str, request: JobRequest, settings, record: dict):
+    def _execute(self, job_id: str, request: JobRequest, settings, record: dict, abandoned: threading.Event):
         deadline = time.monotonic() + self._config.job_timeout
 
         def progress(done: int, total: int) -> None:
             if time.monotonic() > deadline:
                 raise DeadlineExceeded
-            if ray.get(self._registry.step.remote(job_id, done, total)):
+            if abandoned.is_set() or ray.get(self._registry.step.remote(job_id, done, total)):
                 raise Cancelled
 
         return run_job(self._pipe, request, settings, record, progress, self._signer, self._config.job_timeout)
