@@ -54,7 +54,8 @@ def cluster_options(command):
         click.option(
             "--ray-address",
             "address",
-            help="A running cluster's head, HOST:PORT (--engine ray; default: start Ray on this machine).",
+            help="A running cluster's head, HOST:PORT (--engine ray; default: $RAY_ADDRESS, else the cluster `ray "
+            "start` made on this machine, else a new one-machine cluster).",
         ),
         click.option(
             "--cpus-per-replica",
