@@ -28,7 +28,7 @@ def inside_namespace() -> bool:
 
 def cluster_env(folder: Path) -> dict[str, str]:
     """What every process of a test cluster needs, the driver included (Ray reads it when imported): the same auth
-    token (on by default since 2.60; without it the second node cannot join) and no usage stats."""
+    token (token auth on, as a real cluster should run; a node without the token cannot join) and no usage stats."""
     token = folder / "ray-token"
     token.write_text(secrets.token_hex(32))
     return {
