@@ -46,11 +46,12 @@ def _unavailable(reason: str):
 
 @pytest.fixture(scope="module")
 def playwright_api():
+    # without the serve extra (the torch-free runtime environment) there is no service to test
+    pytest.importorskip("fastapi", reason="the service needs the serve extra: pip install '.[serve]'")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("the browser test needs playwright: pip install playwright (never `playwright install`)")
-    pytest.importorskip("fastapi", reason="the service needs the serve extra: pip install '.[serve]'")
     if not CHROMIUM.exists():
         _unavailable(f"no Chromium at {CHROMIUM}: apt-get install -y --no-install-recommends chromium")
     with sync_playwright() as api:
