@@ -125,7 +125,7 @@ def _time_denoising_and_decoding(pipe, run, repeat: int) -> dict:
     first["identitynet"] = time.perf_counter() - begin
     stages["identitynet"] = _timed(lambda: package.session("identitynet").run(feeds), repeat)
     memory.close("identitynet", package)
-    feeds = unet_feeds(inputs, inputs.context, x, 500.0, residuals, 0.8)
+    feeds = unet_feeds(inputs, inputs.context, x, 500.0, residuals, 0.8, inputs.face_mask)
     begin = time.perf_counter()
     package.session("unet").run(feeds)
     first["unet"] = time.perf_counter() - begin

@@ -110,6 +110,7 @@ def reference(checkpoint, base, loras, tiny_decoder, threads, **options):
     lora_specs = [LoraSpec.parse(text) for text in loras]
     face_rgb = load_rgb(inputs.face)  # cheap checks first: a bad photo or path fails before models load
     noise = inputs.load_latents()
+    init_rgb = inputs.load_init_image()
     paths = locate_checkpoint(checkpoint, base)
     analyzer = FaceAnalyzer(inputs.face_models)
     if threads:
@@ -118,7 +119,8 @@ def reference(checkpoint, base, loras, tiny_decoder, threads, **options):
     if models.standin:
         click.echo(f"Weights: {models.standin['warning']} (preset {models.standin['preset']})", err=True)
     with click.progressbar(length=settings.steps, label="denoising", file=sys.stderr) as bar:
-        result = generate(models, analyzer, face_rgb, settings, noise, progress=lambda i, n: bar.update(1))
+        result = generate(models, analyzer, face_rgb, settings, noise, progress=lambda i, n: bar.update(1),
+                          init_rgb=init_rgb)  # fmt: skip
     face = result.conditioning.face
     click.echo(
         f"Face: {face.num_faces} found; using the largest, box {[round(float(v)) for v in face.bbox]} "

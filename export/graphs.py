@@ -1,8 +1,9 @@
 """The exported graphs: thin wrappers whose inputs and outputs carry our names, and their tensor specs.
 
 Shapes use symbolic dims when dynamic ("batch", "latent_height", ...) and numbers when the export is for one
-size. Batch stays dynamic in every export (CFG runs batch 2, no CFG batch 1); OpenVINO compiles for the
-exact shapes at load time anyway.
+size. Batch stays dynamic in every export (CFG runs batch 2, no CFG batch 1), and so does the UNet's context
+length (weighted prompts give any number of text tokens); OpenVINO compiles for the exact shapes at load time
+anyway. The UNet's `face_mask` confines the face attention to the face region (ones: everywhere).
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..runtime.manifest import RESIDUAL_STRIDES, RESIDUALS, TINY_DECODER, TensorSpec, latent_size
+from ..runtime.manifest import (
+    CONTEXT_TOKENS,
+    CONTROLNET_PREFIX,
+    RESIDUAL_STRIDES,
+    RESIDUALS,
+    TEXT_TOKENS,
+    TINY_DECODER,
+    TensorSpec,
+    latent_size,
+)
 
 
 @dataclass(frozen=True)
@@ -84,14 +94,36 @@ class IdentityNetGraph(nn.Module):
         return (*down, mid)
 
 
+class ControlNetGraph(nn.Module):
+    """An extra SDXL ControlNet: like IdentityNet, but its cross-attention sees the text embeddings."""
+
+    def __init__(self, controlnet):
+        super().__init__()
+        self.net = controlnet
+
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, text_embeds,
+                time_ids):  # fmt: skip
+        down, mid = self.net(
+            sample,
+            timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            controlnet_cond=controlnet_cond,
+            conditioning_scale=conditioning_scale,
+            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+            return_dict=False,
+        )
+        return (*down, mid)
+
+
 class UNetGraph(nn.Module):
     def __init__(self, unet, ip_scale):
         super().__init__()
         self.unet, self.ip_scale_holder = unet, ip_scale
 
-    def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids, *residuals_and_scale):
-        *residuals, ip_scale = residuals_and_scale
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids, *residuals_scale_mask):
+        *residuals, ip_scale, face_mask = residuals_scale_mask
         self.ip_scale_holder.value = ip_scale
+        self.ip_scale_holder.region_latent = face_mask
         return self.unet(
             sample,
             timestep,
@@ -115,18 +147,21 @@ class VaeDecoderGraph(nn.Module):
 
 
 class VaeEncoderGraph(nn.Module):
-    """Image in [-1, 1] -> latents (the distribution's mean, times scaling_factor)."""
+    """Image in [-1, 1] -> the latent distribution, times scaling_factor: its mean and its standard deviation
+    (img2img samples mean + std * noise, as diffusers' `retrieve_latents` does)."""
 
     def __init__(self, vae):
         super().__init__()
         self.vae = vae
 
     def forward(self, image):
-        return self.vae.encode(image).latent_dist.mode() * self.vae.config.scaling_factor
+        posterior = self.vae.encode(image).latent_dist
+        factor = self.vae.config.scaling_factor
+        return posterior.mode() * factor, posterior.std * factor
 
 
 def specs(name: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """(inputs, outputs) of a graph."""
+    """(inputs, outputs) of a graph; every extra ControlNet ("controlnet_<name>") has the same."""
     b = "batch"
     h, w = d.latent()
     ph, pw = d.pixels()
@@ -156,19 +191,32 @@ def specs(name: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec]]:
             [
                 _f32("sample", b, c, h, w),
                 _f32("timestep"),
-                _f32("encoder_hidden_states", b, n + d.tokens, d.cross),
+                _f32("encoder_hidden_states", b, CONTEXT_TOKENS, d.cross),
                 _f32("text_embeds", b, d.pooled),
                 _f32("time_ids", b, 6),
                 *residuals,
                 _f32("ip_scale"),
+                _f32("face_mask", 1, 1, h, w),
             ],
             [_f32("noise_pred", b, c, h, w)],
         ),  # fmt: skip
+        "controlnet": (
+            [
+                _f32("sample", b, c, h, w),
+                _f32("timestep"),
+                _f32("encoder_hidden_states", b, TEXT_TOKENS, d.cross),
+                _f32("controlnet_cond", b, 3, ph, pw),
+                _f32("conditioning_scale"),
+                _f32("text_embeds", b, d.pooled),
+                _f32("time_ids", b, 6),
+            ],
+            residuals,
+        ),  # fmt: skip
         "vae_decoder": decoder,
         TINY_DECODER: decoder,  # the same contract: runtime/decode.py runs either
-        "vae_encoder": ([_f32("image", b, 3, ph, pw)], [_f32("latents", b, c, h, w)]),
+        "vae_encoder": ([_f32("image", b, 3, ph, pw)], [_f32("latents", b, c, h, w), _f32("latents_std", b, c, h, w)]),
     }
-    return table[name]
+    return table["controlnet" if name.startswith(CONTROLNET_PREFIX) else name]
 
 
 def example_inputs(inputs: list[TensorSpec], sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
@@ -185,6 +233,10 @@ def example_inputs(inputs: list[TensorSpec], sizes: dict[str, int], seed: int = 
             feeds[spec.name] = np.array(500.0, np.float32)
         elif spec.name in ("conditioning_scale", "ip_scale"):
             feeds[spec.name] = np.array(0.8, np.float32)
+        elif spec.name == "face_mask":  # a face box: ones inside, zeros outside
+            mask = np.zeros(shape, np.float32)
+            mask[..., shape[-2] // 4 : 3 * shape[-2] // 4, shape[-1] // 4 : 3 * shape[-1] // 4] = 1
+            feeds[spec.name] = mask
         elif spec.name == "controlnet_cond":
             feeds[spec.name] = rng.uniform(0, 1, shape).astype(np.float32)
         elif spec.name == "time_ids":

@@ -21,17 +21,29 @@ from torch import nn
 
 
 class IPScale:
-    """The IP scale shared by all IP layers: a float, or a 0-d tensor when exported as a graph input."""
+    """What all IP layers share: the IP scale (a float, or a 0-d tensor when exported as a graph input) and the
+    face region their face attention is confined to (None: everywhere).
+
+    The region comes in one of two forms. `region_pixels` [H, W] (0 or 1, at the output size) is applied as
+    upstream's `region_control` does (ip_adapter/attention_processor.py: nearest resize by the factor
+    sqrt(H * W / query tokens)); the reference uses it. `region_latent` [1, 1, h, w] (the latents' size) is
+    the exported UNet's `face_mask` input: each layer of latent stride s takes every s-th value, which is the
+    same nearest resize wherever upstream's applies (its factor is then exactly 8 * s) and also covers sizes
+    that are not multiples of 64.
+    """
 
     def __init__(self, value: float | torch.Tensor = 1.0):
         self.value = value
+        self.region_pixels: torch.Tensor | None = None
+        self.region_latent: torch.Tensor | None = None
 
 
 class IPAttnProcessor(nn.Module):
-    def __init__(self, hidden_size: int, cross_attention_dim: int, num_tokens: int, scale: IPScale):
+    def __init__(self, hidden_size: int, cross_attention_dim: int, num_tokens: int, scale: IPScale, stride: int = 1):
         super().__init__()
         self.num_tokens = num_tokens
         self.scale = scale
+        self.stride = stride  # this layer's resolution: the latents' divided by `stride`
         self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
         self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
 
@@ -50,10 +62,36 @@ class IPAttnProcessor(nn.Module):
         query = split(attn.to_q(hidden_states))
         out = F.scaled_dot_product_attention(query, split(attn.to_k(text)), split(attn.to_v(text)))
         ip = F.scaled_dot_product_attention(query, split(self.to_k_ip(image)), split(self.to_v_ip(image)))
+        mask = self._region(query.shape[2])
+        if mask is not None:
+            ip = ip * mask
         out = out + self.scale.value * ip
         out = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[3]).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         return out / attn.rescale_output_factor
+
+    def _region(self, tokens: int) -> torch.Tensor | None:
+        """The face region at this layer's resolution, [1, 1, tokens, 1], or None."""
+        if self.scale.region_latent is not None:
+            mask = self.scale.region_latent[:, :, :: self.stride, :: self.stride]
+        elif self.scale.region_pixels is not None:
+            height, width = self.scale.region_pixels.shape
+            ratio = (height * width / tokens) ** 0.5
+            mask = F.interpolate(self.scale.region_pixels[None, None], scale_factor=1 / ratio, mode="nearest")
+        else:
+            return None
+        return mask.reshape(1, 1, -1, 1)
+
+
+def layer_stride(module_name: str, levels: int) -> int:
+    """The latent stride of an attention layer from its module name: down block i works at 2**i, up block i at
+    2**(levels - 1 - i), the mid block at the lowest resolution."""
+    parts = module_name.split(".")
+    if parts[0] == "down_blocks":
+        return 2 ** int(parts[1])
+    if parts[0] == "up_blocks":
+        return 2 ** (levels - 1 - int(parts[1]))
+    return 2 ** (levels - 1)
 
 
 def ip_layer_names(unet) -> OrderedDict[int, str]:
@@ -81,13 +119,14 @@ def install_ip_attention(unet, num_tokens: int, scale: IPScale) -> OrderedDict[i
     """Give every attn2 an IP processor (attn1 keeps plain attention); returns them by released index."""
     modules = dict(unet.named_modules())
     cross = unet.config.cross_attention_dim
+    levels = len(unet.config.block_out_channels)
     layers = ip_layer_names(unet)
     by_name, installed = {}, OrderedDict()
     for index, name in enumerate(unet.attn_processors):
         module_name = name.removesuffix(".processor")
         if index in layers:
             hidden = modules[module_name].to_k.out_features
-            processor = IPAttnProcessor(hidden, cross, num_tokens, scale)
+            processor = IPAttnProcessor(hidden, cross, num_tokens, scale, layer_stride(module_name, levels))
             processor.to(device=unet.device, dtype=unet.dtype)
             installed[index] = processor
             by_name[name] = processor

@@ -43,6 +43,7 @@ from ..tools.peak_memory import PeakMemory
 from ..tools.versions import library_versions
 from .architecture import vae_scale_factor
 from .checkpoint import CheckpointPaths, locate_checkpoint
+from .controlnet_export import ControlNetSpec, check_specs, controlnet_module
 from .graphs import (
     Dims,
     IdentityNetGraph,
@@ -80,12 +81,14 @@ class ExportRequest:
     base: Path | None = None
     profile: str | None = None  # the distillation the LoRA holds (distillations.PROFILES); else identified
     tiny_decoder: Path | None = None  # TAESD-XL weights (.pth, .safetensors or AutoencoderTiny folder)
+    controlnets: tuple[ControlNetSpec, ...] = ()  # extra SDXL ControlNets (controlnet_export.py)
 
     def validate(self) -> ExportRequest:
         unknown = set(self.formats) - set(FORMATS)
         if unknown or not self.formats:
             raise ConfigError(f"unknown format(s) {sorted(unknown)}; choose {', '.join(FORMATS)} or both")
         check_size(self.height, self.width, neither="for dynamic shapes")
+        check_specs(self.controlnets)
         require_new_folder(self.out)
         return self
 
@@ -150,7 +153,8 @@ def _facts(dims: Dims, loader: CheckpointLoader) -> ModelFacts:
 
 
 def _sizes(dims: Dims) -> dict[str, int]:
-    return dim_sizes(dims.height or VALIDATION_SIZE, dims.width or VALIDATION_SIZE, 2, dims.vae_scale_factor)
+    return dim_sizes(dims.height or VALIDATION_SIZE, dims.width or VALIDATION_SIZE, 2, dims.vae_scale_factor,
+                     dims.text_length, dims.tokens)  # fmt: skip
 
 
 def _tiny_decoder(path: Path, latent_channels: int):
@@ -164,8 +168,12 @@ def _tiny_decoder(path: Path, latent_channels: int):
     return decoder
 
 
-def _graph_module(name: str, loader: CheckpointLoader, dims: Dims, tiny_decoder: Path | None = None):
+def _graph_module(name: str, loader: CheckpointLoader, dims: Dims, tiny_decoder: Path | None = None,
+                  controlnets: tuple[ControlNetSpec, ...] = ()):  # fmt: skip
     """(wrapper module, baked facts) for one graph; each call loads its component afresh."""
+    extra = {spec.graph: spec for spec in controlnets}
+    if name in extra:
+        return controlnet_module(loader, extra[name])
     if name == TINY_DECODER:
         decoder = _tiny_decoder(tiny_decoder, dims.latent_channels)
         return TinyDecoderGraph(decoder), {
@@ -188,6 +196,7 @@ def _graph_module(name: str, loader: CheckpointLoader, dims: Dims, tiny_decoder:
         return UNetGraph(unet, scale), {
             "ip_scale": "input",
             "ip_tokens": f"the last {dims.tokens} context tokens",
+            "face_mask": "input: multiplies the face attention, each layer taking every s-th value at latent stride s",
             "loras": [lora.record() for lora in loader.loras],
         }
     vae = loader.vae()
@@ -201,13 +210,13 @@ def _compare(reference: dict[str, np.ndarray], produced: dict[str, np.ndarray]) 
     return {"max_abs_error": error, "reference_max_abs": scale, "relative_error": error / max(scale, 1e-12)}
 
 
-def _export_graph(
-    name: str, loader: CheckpointLoader, dims: Dims, work: Path, formats, log, tiny_decoder: Path | None = None
-) -> GraphInfo:
+def _export_graph(name: str, loader: CheckpointLoader, dims: Dims, work: Path, request: ExportRequest,
+                  log) -> GraphInfo:  # fmt: skip
     clock = time.perf_counter()
+    formats = request.formats
     inputs, outputs = specs(name, dims)
     feeds = example_inputs(inputs, _sizes(dims))
-    module, baked = _graph_module(name, loader, dims, tiny_decoder)
+    module, baked = _graph_module(name, loader, dims, request.tiny_decoder, request.controlnets)
     with torch.inference_mode():
         result = module(*as_torch(feeds))
     result = result if isinstance(result, tuple) else (result,)
@@ -263,12 +272,13 @@ def _versions() -> dict:
     return {"instantid_edge": __version__} | library_versions(names)
 
 
-def _source_files(paths: CheckpointPaths, loras, tiny_decoder: Path | None = None) -> dict[str, str]:
+def _source_files(paths: CheckpointPaths, loras, tiny_decoder: Path | None, controlnets) -> dict[str, str]:
     files = [paths.ip_adapter, *sorted(paths.identitynet.iterdir())]
     files += [paths.base] if paths.base_is_single_file else sorted(p for p in paths.base.rglob("*") if p.is_file())
     files += [lora.path for lora in loras]
     if tiny_decoder is not None:
         files += sorted(p for p in tiny_decoder.rglob("*") if p.is_file()) if tiny_decoder.is_dir() else [tiny_decoder]
+    files += [path for spec in controlnets for path in sorted(spec.folder.iterdir())]
     root = paths.ip_adapter.parent
     return {
         (str(p.relative_to(root)) if p.is_relative_to(root) else str(p)): sha256_of(p) for p in files if p.is_file()
@@ -299,9 +309,8 @@ def _export(request: ExportRequest, log: Callable[[str], None]) -> None:
     profiles = package_profiles(fused, request.tiny_decoder is not None)
     log_profiles(profiles, log)
     with atomic_folder(request.out) as work:
-        graphs = {
-            name: _export_graph(name, loader, dims, work, request.formats, log, request.tiny_decoder) for name in names
-        }
+        names = (*names, *(spec.graph for spec in request.controlnets))
+        graphs = {name: _export_graph(name, loader, dims, work, request, log) for name in names}
         (work / "constants").mkdir()
         with torch.inference_mode():
             uncond = loader.resampler()(torch.zeros(1, 1, dims.embedding)).numpy()
@@ -326,7 +335,7 @@ def _manifest(request, paths, loader, dims, graphs, tokenizers, uncond_shape, fu
             "checkpoint": str(request.checkpoint),
             "standin": loader.standin,
             "loras": [lora.record() for lora in fused],
-            "files": _source_files(paths, request.loras, request.tiny_decoder),
+            "files": _source_files(paths, request.loras, request.tiny_decoder, request.controlnets),
         },
         "architecture": _facts(dims, loader).to_dict(),
         "shapes": {"height": request.height, "width": request.width},
@@ -337,4 +346,5 @@ def _manifest(request, paths, loader, dims, graphs, tokenizers, uncond_shape, fu
             "uncond_image_tokens": {"file": "constants/uncond_image_tokens.npy", "shape": list(uncond_shape)}
         },
         "graphs": {name: graph.to_dict() for name, graph in graphs.items()},
+        "controlnets": {spec.name: spec.manifest_entry() for spec in request.controlnets},
     }

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..runtime.errors import CheckpointError
-from .architecture import latent_shape
+from .architecture import latent_shape, vae_scale_factor
 from .checkpoint import CheckpointPaths, weight_variant
 from .ip_attention import IPScale, install_ip_attention, load_ip_weights
 from .lora import LoraSpec, fuse_loras
@@ -169,10 +169,13 @@ class CheckpointLoader:
         return resampler.to(self.dtype).eval()
 
     def identitynet(self):
+        return self.controlnet(self.paths.identitynet, "IdentityNet")
+
+    def controlnet(self, folder: Path, what: str):
+        """An SDXL ControlNet in diffusers' layout (config.json + diffusion_pytorch_model weights)."""
         from diffusers import ControlNetModel
 
-        folder = self.paths.identitynet
-        return _load("IdentityNet", folder, lambda: ControlNetModel.from_pretrained(
+        return _load(what, folder, lambda: ControlNetModel.from_pretrained(
             folder, torch_dtype=self.dtype, variant=weight_variant(folder)).eval())  # fmt: skip
 
     def unet(self, num_image_tokens: int) -> tuple[torch.nn.Module, IPScale]:
@@ -208,6 +211,11 @@ class ReferenceModels:
     force_zeros_for_empty_prompt: bool
     standin: dict | None  # STANDIN.json when these are random stand-in weights
     tiny_decoder: torch.nn.Module | None = None  # TAESD-XL, when given
+    controlnets: dict[str, tuple[torch.nn.Module, str]] = field(default_factory=dict)  # extra: (net, condition)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return vae_scale_factor(self.vae.config)
 
     @property
     def embedding_dim(self) -> int:
@@ -238,12 +246,32 @@ def check_compatible(unet, identitynet, text: TextModels, resampler: Resampler, 
         raise CheckpointError(f"mismatched model files: {'; '.join(problems)}")
 
 
+def check_controlnet(unet_config, net_config, name: str) -> None:
+    """An extra ControlNet must fit the UNet: the same context width, added embedding and block channels."""
+    problems = []
+    if net_config["cross_attention_dim"] != unet_config["cross_attention_dim"]:
+        problems.append(f"cross-attention {net_config['cross_attention_dim']}-d, the UNet's is "
+                        f"{unet_config['cross_attention_dim']}-d")  # fmt: skip
+    added = "projection_class_embeddings_input_dim"
+    if net_config[added] != unet_config[added] or net_config["addition_embed_type"] != "text_time":
+        problems.append("not SDXL's added (pooled text + time ids) embedding of the UNet's width")
+    if list(net_config["block_out_channels"]) != list(unet_config["block_out_channels"]):
+        problems.append(f"blocks of {list(net_config['block_out_channels'])} channels, the UNet's are "
+                        f"{list(unet_config['block_out_channels'])}")  # fmt: skip
+    if problems:
+        raise CheckpointError(f"the {name} ControlNet does not fit this SDXL UNet: {'; '.join(problems)} "
+                              "(it must be an SDXL ControlNet for the same base)")  # fmt: skip
+
+
 def load_reference_models(
     paths: CheckpointPaths,
     dtype: torch.dtype = torch.float32,
     loras: list[LoraSpec] = (),
     tiny_decoder: Path | None = None,
+    controlnets: dict[str, Path] | None = None,
 ) -> ReferenceModels:
+    """`controlnets`: extra SDXL ControlNets by name (export --controlnet's NAME=DIR)."""
+    from ..runtime.controlnets import condition_of
     from .taesd import load_tiny_decoder
 
     loader = CheckpointLoader(paths, dtype, loras)
@@ -252,6 +280,11 @@ def load_reference_models(
     text = loader.text_models()
     unet, scale = loader.unet(resampler.latents.shape[1])
     check_compatible(unet, identitynet, text, resampler, paths.ip_adapter)
+    extras = {}
+    for name, folder in (controlnets or {}).items():
+        net = loader.controlnet(Path(folder), f"the {name} ControlNet")
+        check_controlnet(unet.config, net.config, name)
+        extras[name] = (net, condition_of(name))
     return ReferenceModels(
         unet=unet,
         identitynet=identitynet,
@@ -263,4 +296,5 @@ def load_reference_models(
         force_zeros_for_empty_prompt=bool(loader.index.get("force_zeros_for_empty_prompt", True)),
         standin=loader.standin,
         tiny_decoder=load_tiny_decoder(tiny_decoder) if tiny_decoder is not None else None,
+        controlnets=extras,
     )

@@ -4,6 +4,8 @@
                           tokenizer/, tokenizer_2/, scheduler/)
     OUT/ControlNetModel/  IdentityNet: config.json + diffusion_pytorch_model.safetensors
     OUT/ip-adapter.bin    torch pickle {"image_proj": Resampler state, "ip_adapter": 140 IP K/V tensors}
+    OUT/controlnets/NAME/ with --controlnet NAME: an extra SDXL ControlNet (canny, depth, openpose, ...) in
+                          diffusers' layout, IdentityNet's architecture with its own random weights
     OUT/STANDIN.json      says plainly that these are random weights
 
 Models are built on the meta device (no memory), then every tensor is generated on its own from a seed and
@@ -241,6 +243,18 @@ def _write_instantid(work: Path, models: MetaModels, seed: int, dtype: torch.dty
     return sizes
 
 
+def _write_controlnets(work: Path, models: MetaModels, names: tuple[str, ...], seed: int, dtype) -> dict[str, int]:
+    """Extra SDXL ControlNets (IdentityNet's architecture, other random weights) in controlnets/NAME/."""
+    sizes = {}
+    for name in names:
+        folder = work / "controlnets" / name
+        folder.mkdir(parents=True)
+        models.identitynet.save_config(folder)
+        file = folder / "diffusion_pytorch_model.safetensors"
+        sizes[f"controlnet_{name}"] = _write_model_weights(models.identitynet, f"controlnet_{name}", file, seed, dtype)
+    return sizes
+
+
 def _to_single_file(work: Path, preset: str, embedding_dim: int, dtype: torch.dtype) -> int:
     """Replace sdxl/ by one original-layout sdxl.safetensors, its tokenizers beside it; returns its size."""
     from .single_file import write_single_file
@@ -262,11 +276,13 @@ def build_standin(
     dtype: torch.dtype | None = None,
     single_file: bool = False,
     fast_path: bool = False,
+    controlnets: tuple[str, ...] = (),
 ) -> dict:
     """Write a stand-in checkpoint set to `out` (atomically); returns a report with sizes and peak RSS.
 
     With `single_file`, the SDXL base is one original-layout `sdxl.safetensors` (tokenizers beside it). With
     `fast_path`, `out/fast-path/` also gets stand-ins of the few-step LoRAs and TAESD-XL (fast_path_standin.py).
+    `controlnets`: names of extra SDXL ControlNets to write under controlnets/ (e.g. canny, depth).
     """
     start = time.perf_counter()
     tokenizer = tokenizer or default_tokenizer_source()
@@ -286,6 +302,7 @@ def build_standin(
 
             fast = write_fast_path(work / "fast-path", models.unet, preset, seed)
             sizes["fast_path"] = {entry["file"]: entry["bytes"] for entry in fast["files"]}
+        sizes |= _write_controlnets(work, models, tuple(controlnets), seed, dtype)
         if single_file:
             sizes["sdxl_single_file"] = _to_single_file(work, preset, embedding_dim, dtype)
         report = {

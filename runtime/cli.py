@@ -126,6 +126,7 @@ def generate(
     face_rgb = load_rgb(inputs.face)  # cheap checks first: bad photos fail before models load
     pose_rgb = load_rgb(pose) if pose else None
     noise = inputs.load_latents()
+    init_rgb = inputs.load_init_image()
     pipe = InstantIDPipeline.load(package_dir, backend, threads, inputs.face_models, cache_dir, precision, memory,
                                   cache=not no_cache)  # fmt: skip
     standin = pipe.package.manifest.standin
@@ -135,7 +136,12 @@ def generate(
     from tqdm import tqdm
 
     with tqdm(total=settings.steps * settings.num_images, desc="denoising", file=sys.stderr, disable=as_json) as bar:
-        result = pipe(face_rgb, settings, pose_rgb, noise, progress=lambda done, total: bar.update(done - bar.n))
+
+        def progress(done, total):
+            bar.total = total  # img2img runs only its share of the steps
+            bar.update(done - bar.n)
+
+        result = pipe(face_rgb, settings, pose_rgb, noise, progress=progress, init_rgb=init_rgb)
     face = result.conditioning.face
     chosen = f"{face.num_faces} face(s) found; using the largest, box {[round(float(v)) for v in face.bbox]}"
     record = {
@@ -146,6 +152,7 @@ def generate(
         "standin": bool(standin),
         "faces_found": face.num_faces,
         "pose_photo": bool(pose),
+        "init_image": bool(init_rgb is not None),
     }
     paths = output_paths(inputs.out, settings.num_images)
     if inputs.save_latents:

@@ -34,6 +34,19 @@ _OPTIONS = [
     click.option("--guidance", type=float, default=5.0, show_default=True, help="CFG runs only when > 1."),
     click.option("--ip-scale", type=float, default=0.8, show_default=True, help="Image-adapter strength."),
     click.option("--identitynet-scale", type=float, default=0.8, show_default=True, help="IdentityNet strength."),
+    click.option(
+        "--face-region/--no-face-region",
+        default=None,
+        help="Confine IdentityNet and the face attention to the face's box (InstantID's app: 'enhance non-face "
+        "region', on there). Default: on where the package can (packages exported before it: off).",
+    ),
+    click.option(
+        "--weighted-prompts",
+        is_flag=True,
+        help="Read (word:1.2), (word), [word] and \\( escapes, and prompts beyond 77 tokens, as InstantID's app.",
+    ),
+    click.option("--init-image", type=click.Path(path_type=Path), help="img2img: start from this photo."),
+    click.option("--strength", type=float, help="img2img: share of the steps run from the init image (default 0.8)."),
     click.option("--height", type=int, help="Output height (default: the face photo resized, long side 1280)."),
     click.option("--width", type=int, help="Output width (give both or neither)."),
     click.option(
@@ -103,6 +116,7 @@ class GenerationInputs:
     face_models: Path | None
     latents: Path | None
     save_latents: Path | None
+    init_image: Path | None = None  # img2img
 
     def load_latents(self) -> np.ndarray | None:
         if self.latents is None:
@@ -112,12 +126,19 @@ class GenerationInputs:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read --latents {self.latents} as a .npy array: {exc}") from exc
 
+    def load_init_image(self) -> np.ndarray | None:
+        """img2img's init photo (the face photo's rules: EXIF rotation, modes, size limits), or None."""
+        from .images import load_rgb
+
+        return None if self.init_image is None else load_rgb(self.init_image)
+
 
 def settings_from_options(
     options: dict, explicit: set[str] = frozenset(), adjust=None
 ) -> tuple[GenerationSettings, GenerationInputs]:
     """Settings from the options; `adjust(settings)` (a run profile) comes before validation."""
-    inputs = GenerationInputs(**{k: options.pop(k) for k in ("face", "out", "face_models", "latents", "save_latents")})
+    names = ("face", "out", "face_models", "latents", "save_latents", "init_image")
+    inputs = GenerationInputs(**{k: options.pop(k) for k in names})
     if inputs.out.suffix.lower() != ".png":
         raise ConfigError(f"--out must end in .png (the output carries its provenance in PNG metadata): {inputs.out}")
     if options.get("timesteps") and "steps" not in explicit:

@@ -127,6 +127,7 @@ class FaceConditioning:
     control: np.ndarray  # HxWx3 uint8, at the output size
     width: int
     height: int
+    canvas_size: tuple[int, int] = (0, 0)  # (width, height) of the resized photo the keypoints were found on
 
 
 def face_conditioning(
@@ -153,4 +154,5 @@ def face_conditioning(
     control = draw_kps(canvas.shape[1], canvas.shape[0], pose.kps)
     out_width, out_height = (width, height) if width is not None else (canvas.shape[1], canvas.shape[0])
     control = resize_control_image(control, out_width, out_height)
-    return FaceConditioning(face=face, pose=pose, control=control, width=out_width, height=out_height)
+    canvas_size = (canvas.shape[1], canvas.shape[0])
+    return FaceConditioning(face, pose, control, out_width, out_height, canvas_size)

@@ -14,12 +14,17 @@ verifies sizes and sha256 of every file. Schema version 1:
      "graphs": {name: {"precision", "files": {"onnx"|"openvino": [{"path", "bytes", "sha256"}]},
                        "inputs": [{"name", "dtype", "shape"}], "outputs": [...], "baked": {...},
                        "validation": {...}}},
+     "controlnets": {name: {"graph": "controlnet_<name>", "condition": "canny"|"image", "source": ...}},
      "files": [{"path", "bytes", "sha256"}]}     # every file of the package, for verification
+
+Schema version 2 (this version's exports) adds the UNet's `face_mask` input and a symbolic context length,
+the VAE encoder's `latents_std` output and the optional "controlnets"; version 1 packages still run, without
+what needs those (capabilities.py says what a package can do).
 
 Public surface: `read_manifest(root) -> Manifest` (`.architecture` ModelFacts, `.graphs` GraphInfo by name,
 `.static_size`, `.tokenizer_folders`, `.profiles` RunProfile by name, `.scheduler_path`, `.constant_path(name)`,
-`.standin`, `.loras`, `.graph_bytes(fmt)`, `.decoder_graph(decoder)`, `.data` for the rest), `verify_files`, and
-the helpers export uses to write one (`file_entry`, `sha256_of`).
+`.standin`, `.loras`, `.graph_bytes(fmt)`, `.decoder_graph(decoder)`, `.controlnets`, `.data` for the rest),
+`verify_files`, and the helpers export uses to write one (`file_entry`, `sha256_of`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from pathlib import Path
 from .errors import PackageError
 
 SCHEMA = "instantid-edge/model-package"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 GRAPH_NAMES = ("text_encoder", "text_encoder_2", "image_proj", "identitynet", "unet", "vae_decoder", "vae_encoder")
 TINY_DECODER = "vae_decoder_tiny"  # TAESD-XL: a graph only packages exported with --tiny-decoder have
@@ -42,6 +48,10 @@ PROFILE_NAMES = ("fast", "quality")
 # residual, with their latent strides.
 RESIDUALS = tuple(f"down_{i}" for i in range(9)) + ("mid",)
 RESIDUAL_STRIDES = (1, 1, 1, 2, 2, 2, 4, 4, 4, 4)
+# Prompt lengths in tokens: symbolic in packages whose UNet takes prompts of any length (weighted and long
+# prompts), a number in older ones. The UNet's context is the text tokens, then the face tokens; the extra
+# ControlNets see the text tokens alone.
+CONTEXT_TOKENS, TEXT_TOKENS = "context_tokens", "text_tokens"
 
 
 def level_size(latent_h: int, latent_w: int, stride: int) -> tuple[int, int]:
@@ -56,9 +66,12 @@ def latent_size(height: int, width: int, vae_scale_factor: int, stride: int = 1)
     return level_size(height // vae_scale_factor, width // vae_scale_factor, stride)
 
 
-def dim_sizes(height: int, width: int, batch: int, vae_scale_factor: int) -> dict[str, int]:
-    """Values of the symbolic dims in the graphs' specs for one run of `height` x `width` pixels."""
-    sizes = {"batch": batch, "height": height, "width": width}
+def dim_sizes(height: int, width: int, batch: int, vae_scale_factor: int, text_tokens: int = 0,
+              image_tokens: int = 0) -> dict[str, int]:  # fmt: skip
+    """Values of the symbolic dims in the graphs' specs for one run of `height` x `width` pixels, with
+    `text_tokens` prompt tokens and `image_tokens` face tokens."""
+    sizes = {"batch": batch, "height": height, "width": width, TEXT_TOKENS: text_tokens,
+             CONTEXT_TOKENS: text_tokens + image_tokens}  # fmt: skip
     for stride in (1, 2, 4):
         suffix = "" if stride == 1 else f"_{stride}"
         sizes[f"latent_height{suffix}"], sizes[f"latent_width{suffix}"] = latent_size(
@@ -89,7 +102,8 @@ class ModelFacts:
         return latent_size(height, width, self.vae_scale_factor, stride)
 
     def dim_sizes(self, height: int, width: int, batch: int) -> dict[str, int]:
-        return dim_sizes(height, width, batch, self.vae_scale_factor)
+        """For one prompt chunk of `text_length` tokens (an unweighted prompt)."""
+        return dim_sizes(height, width, batch, self.vae_scale_factor, self.text_length, self.num_image_tokens)
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "text_widths": list(self.text_widths)}
@@ -204,6 +218,22 @@ class GraphInfo:
         )
 
 
+CONDITIONS = ("canny", "image")  # how an extra ControlNet's condition is made: edges computed here, or given
+CONTROLNET_PREFIX = "controlnet_"  # an extra ControlNet's graph is called controlnet_<name>
+
+
+@dataclass(frozen=True)
+class ControlNetInfo:
+    """An extra SDXL ControlNet the package carries beside IdentityNet (export --controlnet NAME=DIR)."""
+
+    name: str
+    graph: str  # its graph's name in "graphs"
+    condition: str  # one of CONDITIONS
+
+    def to_dict(self) -> dict:
+        return {"graph": self.graph, "condition": self.condition}
+
+
 @dataclass(frozen=True)
 class Manifest:
     root: Path
@@ -250,6 +280,14 @@ class Manifest:
             raise PackageError(f"the package at {self.root} has no {name} graph; re-export it")
         return self.graphs[name]
 
+    @property
+    def controlnets(self) -> dict[str, ControlNetInfo]:
+        """The extra ControlNets by name (none in packages exported without them)."""
+        return {
+            name: ControlNetInfo(name, entry["graph"], entry["condition"])
+            for name, entry in self.data.get("controlnets", {}).items()
+        }
+
     def graph_bytes(self, fmt: str) -> dict[str, int]:
         """Bytes on disk of each graph's files in `fmt` (0 for a graph without that format)."""
         return {name: sum(f["bytes"] for f in graph.files.get(fmt, [])) for name, graph in self.graphs.items()}
@@ -281,10 +319,11 @@ def read_manifest(root: str | Path) -> Manifest:
         raise PackageError(f"{path} is not valid JSON: {exc}") from exc
     if data.get("schema") != SCHEMA:
         raise PackageError(f"{path} is not an instantid-edge manifest (schema {data.get('schema')!r})")
-    if data.get("schema_version") != SCHEMA_VERSION:
+    if data.get("schema_version") not in READABLE_VERSIONS:
         raise PackageError(
-            f"{path} has schema version {data.get('schema_version')}; this instantid-edge reads version "
-            f"{SCHEMA_VERSION}. Re-export the package with this version, or use the matching instantid-edge"
+            f"{path} has schema version {data.get('schema_version')}; this instantid-edge reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Re-export the package with this version, or use the "
+            "matching instantid-edge"
         )
     try:
         graphs = {name: GraphInfo.from_dict(name, graph) for name, graph in data["graphs"].items()}
@@ -297,6 +336,11 @@ def read_manifest(root: str | Path) -> Manifest:
             if sorted(profiles) != sorted(PROFILE_NAMES):
                 raise ValueError(f"run profiles {sorted(profiles)}, expected {list(PROFILE_NAMES)}")
             profiles = {name: RunProfile.from_dict(profile) for name, profile in profiles.items()}
+        for name, entry in data.get("controlnets", {}).items():
+            if entry["graph"] not in graphs or entry["condition"] not in CONDITIONS:
+                raise ValueError(
+                    f"controlnet {name!r} names graph {entry['graph']!r} / condition {entry['condition']!r}"
+                )
         return Manifest(
             root=root,
             data=data,

@@ -8,8 +8,9 @@
     physical_memory()                  bytes of RAM, or None where the system does not say
     release_memory()                   collect garbage and return freed heap pages to the system
 
-Stages, in the order a run passes them: "conditioning" (text encoders and image adapter done), "identitynet"
-and "unet" (after each call, every step), "denoising" (the sampler loop done), "decoding" (the decoder done).
+Stages, in the order a run passes them: "conditioning" (text encoders, image adapter and img2img's VAE encoder
+done), "identitynet" and "unet" (after each call, every step; extra ControlNets follow IdentityNet),
+"denoising" (the sampler loop done), "decoding" (the decoder done).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .errors import ConfigError
 from .manifest import DECODER_GRAPHS
 
 MEMORY_MODES = ("auto", "normal", "low", "minimal")
-_TEXT_AND_IMAGE = ("text_encoder", "text_encoder_2", "image_proj")
+_TEXT_AND_IMAGE = ("text_encoder", "text_encoder_2", "image_proj", "vae_encoder")  # vae_encoder: img2img
 _DECODERS = tuple(DECODER_GRAPHS.values())  # whichever decoded
 _LOW = {"conditioning": _TEXT_AND_IMAGE, "denoising": ("identitynet", "unet"), "decoding": _DECODERS}
 # normal keeps every graph open; low closes each once its stage is done, so the peak is the two denoiser graphs;
@@ -74,9 +75,12 @@ class MemoryPolicy:
             raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
         return _CLOSES_AFTER[self.mode].get(stage, ())
 
-    def close(self, stage: str, package: _Releases) -> None:
-        """Close the sessions this policy frees after `stage`; they reopen on next use."""
+    def close(self, stage: str, package: _Releases, controlnets: tuple[str, ...] = ()) -> None:
+        """Close the sessions this policy frees after `stage`; they reopen on next use. `controlnets` (a run's
+        extra ControlNet graphs) follow IdentityNet's rule: closed whenever it is."""
         names = self.closes_after(stage)
+        if "identitynet" in names:
+            names = (*names, *controlnets)
         if names:
             package.release(*names)
 

@@ -10,6 +10,11 @@ image the sampler loop over IdentityNet + UNet, the decode (the VAE, or TAESD-XL
 invisible watermark (provenance/; opt out with `pipe.watermark = False`). The memory policy (`pipe.memory`)
 closes graphs between stages. `prepare` runs everything before the loop, for callers that time stages apart
 (bench).
+
+InstantID's app controls (settings.py): face-region control (face_region.py), weighted prompts (text.py),
+extra ControlNets with their condition images (controlnets.py) and img2img from an init image (img2img.py).
+What a package cannot do (older exports) is refused up front (capabilities.py); `face_region=None` means on
+where the package can.
 """
 
 from __future__ import annotations
@@ -21,18 +26,22 @@ from pathlib import Path
 import numpy as np
 
 from .backends import backend, cache_dir
+from .capabilities import Capabilities
+from .controlnets import control_images
 from .decode import decode
-from .errors import FaceModelError, check_finite
+from .errors import ConfigError, FaceModelError, check_finite
 from .face import FaceAnalyzer, FaceConditioning, face_conditioning
-from .images import official_size
+from .face_region import face_region_mask, latent_mask, residual_masks
+from .images import official_size, resize_like_instantid
+from .img2img import init_distribution, sample_latents
 from .memory import MemoryPolicy
 from .noise import check_given_noise, image_rng
-from .noise_prediction import PredictorInputs, make_noise_predictor
+from .noise_prediction import ExtraControl, PredictorInputs, make_noise_predictor
 from .package import ModelPackage
 from .provenance import watermark_image
-from .sampling import sample, schedule_for
+from .sampling import Img2ImgStart, sample, schedule_for
 from .session import SessionOptions
-from .settings import GenerationSettings, time_ids
+from .settings import DEFAULT_STRENGTH, GenerationSettings, img2img_steps, time_ids
 from .text import TextEncoder
 from .timing import StageTimer
 
@@ -57,13 +66,25 @@ class PreparedRun:
     latent_shape: tuple[int, int, int]  # one image's (C, h, w)
     given_noise: np.ndarray | None  # [N, C, h, w] unit noise given instead of the seed rule
     decoder: str  # the decoder graph (manifest.DECODER_GRAPHS[settings.decoder])
+    init: tuple[np.ndarray, np.ndarray] | None = None  # img2img: the init image's latent mean and std
 
-    def start(self, index: int) -> tuple[np.ndarray, np.random.Generator]:
-        """Image `index`'s starting unit noise [1, C, h, w] and its step generator (noise.image_rng)."""
+    @property
+    def steps(self) -> int:
+        """The steps the sampler runs: all of them, or img2img's share."""
+        if self.init is None:
+            return self.settings.steps
+        return img2img_steps(self.settings.steps, self.settings.strength)
+
+    def start(self, index: int) -> tuple[np.ndarray, np.random.Generator, Img2ImgStart | None]:
+        """Image `index`'s starting unit noise [1, C, h, w], its step generator (noise.image_rng) and, for
+        img2img, where it starts (latents sampled with the generator's next draw)."""
         noise, rng = image_rng(self.settings.seed, index, self.latent_shape)
         if self.given_noise is not None:
             noise = self.given_noise[index]
-        return noise[None], rng
+        init = None
+        if self.init is not None:
+            init = Img2ImgStart(sample_latents(*self.init, rng), self.settings.steps - self.steps)
+        return noise[None], rng, init
 
 
 class InstantIDPipeline:
@@ -106,39 +127,71 @@ class InstantIDPipeline:
         pose_rgb: np.ndarray | None = None,
         noise: np.ndarray | None = None,
         timer: StageTimer | None = None,
+        init_rgb: np.ndarray | None = None,
+        control_rgb: dict[str, np.ndarray | None] | None = None,
     ) -> PreparedRun:
-        """Face analysis, face tokens and text embeddings, batched for the noise predictor; `noise` checked."""
+        """Face analysis, face tokens and text embeddings, batched for the noise predictor; `noise` checked.
+        `init_rgb`: img2img's init photo; `control_rgb`: each extra ControlNet's photo or condition image."""
         settings.validate()
         decoder = self.package.manifest.decoder_graph(settings.decoder)  # what the package lacks fails first
         schedule_for(settings, self.package.scheduler_config)
         timer = timer or StageTimer()
         canvas = pose_rgb if pose_rgb is not None else face_rgb
-        photo_size = official_size(canvas.shape[1], canvas.shape[0])[1]
-        width, height = self.package.output_size(settings.width, settings.height, photo_size)
-        settings = replace(settings, width=width, height=height).validate()
+        settings = self._resolve(settings.validate(), canvas, init_rgb is not None)
+        width, height = settings.width, settings.height
         faces = timer.run("face", face_conditioning, self.analyzer, face_rgb, width, height, pose_rgb)
         shape = self.package.manifest.architecture.latent_shape(height, width)
         if noise is not None:
             noise = check_given_noise(noise, (settings.num_images, *shape), f"{width}x{height} x {settings.num_images}")
-        inputs = self._predictor_inputs(settings, faces, timer)
+        controls = control_images(self.package.manifest.controlnets, settings.controls, control_rgb or {},
+                                  resize_like_instantid(canvas), width, height)  # fmt: skip
+        inputs = self._predictor_inputs(settings, faces, controls, timer)
+        init = None
+        if init_rgb is not None:
+            init = timer.run("vae_encoder", init_distribution, self.package, init_rgb, width, height)
         self.memory.close("conditioning", self.package)
-        return PreparedRun(settings, faces, inputs, shape, noise, decoder)
+        return PreparedRun(settings, faces, inputs, shape, noise, decoder, init)
 
-    def _predictor_inputs(self, settings: GenerationSettings, faces: FaceConditioning, timer) -> PredictorInputs:
+    def _resolve(self, settings: GenerationSettings, canvas: np.ndarray, img2img: bool) -> GenerationSettings:
+        """The settings a run uses: the output size, face region on where the package can (unless said), the
+        img2img strength; what the package cannot do is refused."""
+        photo_size = official_size(canvas.shape[1], canvas.shape[0])[1]
+        width, height = self.package.output_size(settings.width, settings.height, photo_size)
+        able = Capabilities.of(self.package.manifest)
+        face_region = able.face_region if settings.face_region is None else settings.face_region
+        if settings.strength is not None and not img2img:
+            raise ConfigError("strength applies to img2img only: give an init image (--init-image) or no strength")
+        strength = (settings.strength or DEFAULT_STRENGTH) if img2img else None
+        able.require(face_region, settings.weighted_prompts, img2img, tuple(name for name, _ in settings.controls))
+        return replace(settings, width=width, height=height, face_region=face_region, strength=strength).validate()
+
+    def _predictor_inputs(self, settings: GenerationSettings, faces: FaceConditioning, controls, timer):
         embedding = faces.face.embedding.reshape(1, 1, -1).astype(np.float32)
         tokens = timer.run("image_proj", self.package.session("image_proj").run, {"image_embeds": embedding})
         tokens = check_finite("image_proj", tokens["image_tokens"])
-        text = timer.run("text", self.text.embed, settings.prompt, settings.negative_prompt, settings.cfg)
+        text = timer.run("text", self.text.embed, settings.prompt, settings.negative_prompt, settings.cfg,
+                         settings.weighted_prompts)  # fmt: skip
         batch = 2 if settings.cfg else 1
         if settings.cfg:
             tokens = np.concatenate([self.package.uncond_image_tokens, tokens])
-        control = np.repeat((faces.control.astype(np.float32) / 255).transpose(2, 0, 1)[None], batch, axis=0)
+        face_mask = masks = None  # a UNet exported before face-region control takes no mask
+        if settings.face_region:
+            region = face_region_mask(faces)
+            factor = self.package.manifest.architecture.vae_scale_factor
+            face_mask = latent_mask(region, factor)
+            masks = residual_masks(region, *face_mask.shape[2:])
+        elif Capabilities.of(self.package.manifest).face_region:  # ones: the face attention everywhere
+            latent = self.package.manifest.architecture.latent_shape(settings.height, settings.width)
+            face_mask = np.ones((1, 1, *latent[1:]), np.float32)
         return PredictorInputs(
             text=text.hidden,
             pooled=text.pooled,
             image_tokens=tokens,
             time_ids=np.array([time_ids(settings.height, settings.width)] * batch, np.float32),
-            control=control,
+            control=_batched(faces.control, batch),
+            face_mask=face_mask,
+            residual_masks=masks,
+            controls=tuple(ExtraControl(c.graph, _batched(c.image, batch), c.strength) for c in controls),
         )
 
     def __call__(
@@ -148,32 +201,41 @@ class InstantIDPipeline:
         pose_rgb: np.ndarray | None = None,
         noise: np.ndarray | None = None,
         progress=None,
+        init_rgb: np.ndarray | None = None,
+        control_rgb: dict[str, np.ndarray | None] | None = None,
     ) -> GenerationResult:
-        """`noise` replaces the seed rule (unit noise, [N, C, H/f, W/f]); `progress(done, total)` per step."""
+        """`noise` replaces the seed rule (unit noise, [N, C, H/f, W/f]); `progress(done, total)` per step.
+        `init_rgb` (img2img) and `control_rgb` (extra ControlNets by name) as in `prepare`."""
         timer = StageTimer()
-        run = self.prepare(face_rgb, settings, pose_rgb, noise, timer)
+        run = self.prepare(face_rgb, settings, pose_rgb, noise, timer, init_rgb, control_rgb)
         settings = run.settings
-        eps = make_noise_predictor(self.package, run.inputs, settings, timer, self.memory)
-        timer.run_record = {"batch": int(run.inputs.text.shape[0]), "steps": settings.steps, "decoder": run.decoder}
+        eps = make_noise_predictor(self.package, run.inputs, settings, timer, self.memory, run.steps)
+        timer.run_record = {"batch": int(run.inputs.text.shape[0]), "steps": run.steps, "decoder": run.decoder}
+        controlnets = tuple(control.graph for control in run.inputs.controls)
         latents, images = [], []
-        total = settings.steps * settings.num_images
+        total = run.steps * settings.num_images
         for index in range(settings.num_images):
-            start_noise, rng = run.start(index)
-            done = index * settings.steps
+            start_noise, rng, init = run.start(index)
+            done = index * run.steps
 
             def step_done(step, done=done):
                 if progress:
                     progress(done + step + 1, total)
 
             start = time.perf_counter()
-            final = sample(settings, self.package.scheduler_config, eps, start_noise, rng, step_done)
+            final = sample(settings, self.package.scheduler_config, eps, start_noise, rng, step_done, init)
             timer.seconds["denoise"] += time.perf_counter() - start
             latents.append(final)
-            self.memory.close("denoising", self.package)
+            self.memory.close("denoising", self.package, controlnets)
             image = timer.run("decode", decode, self.package, final, run.decoder)
             images.append(timer.run("watermark", watermark_image, image, "runtime") if self.watermark else image)
             self.memory.close("decoding", self.package)
         return GenerationResult(images, np.concatenate(latents), run.faces, settings, timer.summary(), self.watermark)
+
+
+def _batched(rgb: np.ndarray, batch: int) -> np.ndarray:
+    """HxWx3 uint8 -> [batch, 3, H, W] float32 in [0, 1], as diffusers prepares control images."""
+    return np.repeat((rgb.astype(np.float32) / 255).transpose(2, 0, 1)[None], batch, axis=0)
 
 
 def _openvino_cache() -> Path:

@@ -6,16 +6,20 @@ final latents. Each follows its diffusers scheduler step for step (tests/test_sa
 with recorded diffusers trajectories): `euler` (EulerDiscreteScheduler, the SDXL default), `euler_ancestral`,
 `dpmpp_2m` (DPMSolverMultistep, dpmsolver++ order 2), `lcm` (LCMScheduler) and `tcd` (TCDScheduler).
 
-Public surface: `SAMPLERS` (name -> `Sampler`: its function, its schedule, its diffusers scheduler, and which
-options it takes: Karras sigmas, a timestep spacing, explicit timesteps, eta), `sampler_for` (the one check of a
-sampler name and its options), `make_schedule`, `schedule_for` (from settings), `sample`. A new sampler is one
-function plus one `Sampler` entry.
+Public surface: `SAMPLERS` (name -> `Sampler`: its function, its schedule, its diffusers scheduler, how it
+noises an img2img start, and which options it takes: Karras sigmas, a timestep spacing, explicit timesteps, eta),
+`sampler_for` (the one check of a sampler name and its options), `make_schedule`, `schedule_for` (from settings),
+`sample`. A new sampler is one function plus one `Sampler` entry.
+
+img2img (`sample(..., init=Img2ImgStart)`) runs only the schedule's last steps, as diffusers' img2img
+pipelines do (`get_timesteps`: the last min(int(steps * strength), steps) of the schedule), starting from the
+init image's latents noised to the first of those timesteps by the sampler's scheduler's own `add_noise`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,6 +38,35 @@ class Schedule:
     init_sigma: float  # unit noise is scaled by this
     alphas_cumprod: np.ndarray  # float32 [num_train_timesteps]
     eta: float = 0.0  # tcd: the stochastic share of each step (TCD's gamma)
+
+    def from_step(self, start: int) -> Schedule:
+        """The schedule's steps from `start` on (img2img runs the last ones)."""
+        return replace(self, timesteps=self.timesteps[start:], sigmas=self.sigmas[start:])
+
+
+def noise_by_sigma(x0: np.ndarray, noise: np.ndarray, s: Schedule) -> np.ndarray:
+    """EulerDiscreteScheduler.add_noise: x0 + noise * sigma at the first step."""
+    return (x0 + noise * s.sigmas[0]).astype(np.float32)
+
+
+def noise_by_sigma_vp(x0: np.ndarray, noise: np.ndarray, s: Schedule) -> np.ndarray:
+    """DPMSolverMultistepScheduler.add_noise: alpha * x0 + sigma * alpha * noise, alpha = 1 / sqrt(sigma^2 + 1)."""
+    alpha = np.float32(1 / (s.sigmas[0] ** 2 + 1) ** 0.5)
+    return (alpha * x0 + np.float32(s.sigmas[0] * alpha) * noise).astype(np.float32)
+
+
+def noise_by_alphas(x0: np.ndarray, noise: np.ndarray, s: Schedule) -> np.ndarray:
+    """The DDPM family's add_noise (LCMScheduler): sqrt(acp) * x0 + sqrt(1 - acp) * noise at the first timestep."""
+    acp = s.alphas_cumprod[int(s.timesteps[0])]
+    return (np.sqrt(acp) * x0 + np.sqrt(1 - acp) * noise).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Img2ImgStart:
+    """Where an img2img run starts: the init image's latents and the step the run begins at."""
+
+    latents: np.ndarray  # [1, C, h, w]: the VAE's latents of the init image (scaled), sampled from its posterior
+    start_step: int  # index into the full schedule; the run takes the steps from there on
 
 
 def alphas_cumprod(config: dict) -> np.ndarray:
@@ -247,6 +280,7 @@ class Sampler:
     run: Callable[..., np.ndarray]  # (eps, latents, schedule, rng, callback) -> final latents
     schedule: Callable[..., Schedule]  # (config, steps[, spacing][, karras][, timesteps][, eta]) -> Schedule
     diffusers: str  # the diffusers scheduler class it follows step for step (the PyTorch reference runs it)
+    add_noise: Callable[[np.ndarray, np.ndarray, Schedule], np.ndarray]  # img2img: (x0, unit noise, schedule)
     karras: bool = False  # takes Karras sigmas
     spacing: bool = False  # takes a timestep spacing (lcm and tcd pick from the timesteps they were distilled on)
     timesteps: bool = False  # takes explicit timesteps instead
@@ -256,11 +290,28 @@ class Sampler:
 SAMPLERS = {
     sampler.name: sampler
     for sampler in (
-        Sampler("euler", euler, euler_schedule, "EulerDiscreteScheduler", karras=True, spacing=True),
-        Sampler("euler_ancestral", euler_ancestral, euler_schedule, "EulerAncestralDiscreteScheduler", spacing=True),
-        Sampler("dpmpp_2m", dpmpp_2m, dpm_schedule, "DPMSolverMultistepScheduler", karras=True, spacing=True),
-        Sampler("lcm", lcm, consistency_schedule, "LCMScheduler", timesteps=True),
-        Sampler("tcd", tcd, consistency_schedule, "TCDScheduler", timesteps=True, eta=0.3),  # TCDScheduler.step's eta
+        Sampler("euler", euler, euler_schedule, "EulerDiscreteScheduler", noise_by_sigma, karras=True, spacing=True),
+        Sampler(
+            "euler_ancestral",
+            euler_ancestral,
+            euler_schedule,
+            "EulerAncestralDiscreteScheduler",
+            noise_by_sigma,
+            spacing=True,
+        ),  # fmt: skip
+        Sampler(
+            "dpmpp_2m",
+            dpmpp_2m,
+            dpm_schedule,
+            "DPMSolverMultistepScheduler",
+            noise_by_sigma_vp,
+            karras=True,
+            spacing=True,
+        ),  # fmt: skip
+        Sampler("lcm", lcm, consistency_schedule, "LCMScheduler", noise_by_alphas, timesteps=True),
+        Sampler(
+            "tcd", tcd, consistency_schedule, "TCDScheduler", noise_by_alphas, timesteps=True, eta=0.3
+        ),  # TCDScheduler.step's eta  # fmt: skip
     )
 }
 SAMPLER_NAMES = tuple(SAMPLERS)
@@ -344,8 +395,14 @@ def schedule_for(settings, scheduler_config: dict) -> Schedule:
 
 
 def sample(settings, scheduler_config: dict, eps: NoisePredictor, noise: np.ndarray, rng: np.random.Generator,
-           callback=None) -> np.ndarray:  # fmt: skip
-    """Run `settings.sampler` from unit `noise`; the step noise of stochastic samplers comes from `rng`."""
+           callback=None, init: Img2ImgStart | None = None) -> np.ndarray:  # fmt: skip
+    """Run `settings.sampler` from unit `noise` (img2img: from `init` noised with it); the step noise of
+    stochastic samplers comes from `rng`."""
     schedule = schedule_for(settings, scheduler_config)
-    start = (noise * np.float32(schedule.init_sigma)).astype(np.float32)
-    return SAMPLERS[settings.sampler].run(eps, start, schedule, rng, callback)
+    sampler = SAMPLERS[settings.sampler]
+    if init is None:
+        start = (noise * np.float32(schedule.init_sigma)).astype(np.float32)
+    else:
+        schedule = schedule.from_step(init.start_step)
+        start = sampler.add_noise(init.latents, noise, schedule)
+    return sampler.run(eps, start, schedule, rng, callback)

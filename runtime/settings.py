@@ -45,6 +45,12 @@ class GenerationSettings:
     eta: float | None = None  # tcd: the stochastic share of each step (None: the sampler's default)
     timesteps: tuple[int, ...] | None = None  # lcm/tcd: explicit timesteps, e.g. DMD2's 999/749/499/249
     decoder: str = "full"  # a key of manifest.DECODER_GRAPHS: the VAE decoder, or TAESD-XL ("tiny")
+    # InstantID's app (gradio_demo/app.py) and its full and img2img pipelines:
+    face_region: bool | None = None  # IdentityNet and the face attention only in the face's box (the app's
+    # "enhance non-face region", on there); None: on where the package can (packages exported before it cannot)
+    weighted_prompts: bool = False  # (word:1.2), [word], escapes, prompts beyond one chunk: prompt_weights.py
+    strength: float | None = None  # img2img: share of the schedule run from the init image (None: 0.8)
+    controls: tuple[tuple[str, float], ...] = ()  # extra ControlNets of the package: (name, strength) each
 
     def validate(self) -> GenerationSettings:
         if not 1 <= self.steps <= 1000:
@@ -68,6 +74,9 @@ class GenerationSettings:
             raise ConfigError(f"num-images must be between 1 and {MAX_IMAGES}, got {self.num_images}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be between 0 and 2**63-1, got {self.seed}")
+        if self.strength is not None:
+            img2img_steps(self.steps, self.strength)
+        check_controls(self.controls)
         return self
 
     @property
@@ -76,6 +85,36 @@ class GenerationSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+DEFAULT_STRENGTH = 0.8  # upstream's img2img pipeline's default
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """How many of `steps` an img2img run takes: diffusers' `get_timesteps`, min(int(steps * strength), steps);
+    the run starts at step `steps` minus that. Refuses a strength outside (0, 1] or one that leaves no step."""
+    if not 0 < strength <= 1:
+        raise ConfigError(f"strength must be in (0, 1] (1 re-noises the init image fully), got {strength}")
+    run = min(int(steps * strength), steps)
+    if run == 0:
+        raise ConfigError(
+            f"strength {strength} with {steps} steps leaves no step to run (int(steps * strength) = 0); "
+            f"raise the strength to at least {1 / steps:.3g} or the steps"
+        )
+    return run
+
+
+def check_controls(controls: tuple[tuple[str, float], ...]) -> None:
+    """Names non-empty and used once, strengths in [0, 5] (the same range as the IdentityNet scale)."""
+    names = [name for name, _ in controls]
+    for name, strength in controls:
+        if not name:
+            raise ConfigError("a control needs the name of one of the package's ControlNets")
+        if not 0 <= strength <= 5:
+            raise ConfigError(f"the strength of control {name!r} must be between 0 and 5, got {strength}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"control(s) {', '.join(repeated)} given more than once; give each ControlNet once")
 
 
 def identitynet_active(step: int, num_steps: int, start: float, end: float) -> bool:

@@ -70,10 +70,13 @@ def _special_tokens(folder: Path, config: dict) -> tuple[dict[str, AddedToken], 
 
 
 class ClipTokenizer:
-    """prompt -> int64 ids [model_max_length]: BOS, the prompt's tokens (truncated), EOS, then padding."""
+    """prompt -> int64 ids [model_max_length]: BOS, the prompt's tokens (truncated), EOS, then padding.
+    `tokens(text)`: the text's tokens alone, any number of them (weighted prompts chunk them themselves)."""
 
-    def __init__(self, tokenizer: Tokenizer, pad_token_id: int, model_max_length: int):
+    def __init__(self, tokenizer: Tokenizer, pad_token_id: int, model_max_length: int, bos_id: int = 0,
+                 eos_id: int = 0, unbounded: Tokenizer | None = None):  # fmt: skip
         self.tokenizer, self.pad_token_id, self.model_max_length = tokenizer, pad_token_id, model_max_length
+        self.bos_id, self.eos_id, self._unbounded = bos_id, eos_id, unbounded
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> ClipTokenizer:
@@ -115,9 +118,14 @@ class ClipTokenizer:
         tokenizer.post_processor = processors.RobertaProcessing(
             (eos, ids["eos_token"]), (bos, ids["bos_token"]), False, False
         )
+        unbounded = Tokenizer.from_str(tokenizer.to_str())
         tokenizer.enable_truncation(max_length=max_length, strategy="longest_first", direction="right")
         tokenizer.enable_padding(length=max_length, pad_id=ids["pad_token"], pad_token=pad, direction="right")
-        return cls(tokenizer, ids["pad_token"], max_length)
+        return cls(tokenizer, ids["pad_token"], max_length, ids["bos_token"], ids["eos_token"], unbounded)
+
+    def tokens(self, text: str) -> list[int]:
+        """`text`'s token ids without BOS/EOS, untruncated (what `tokenizer(text).input_ids[1:-1]` gives)."""
+        return self._unbounded.encode(text, add_special_tokens=False).ids
 
     def encode(self, prompt: str) -> np.ndarray:
         return self.encode_batch([prompt])[0]

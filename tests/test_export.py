@@ -95,6 +95,10 @@ def test_unet_at_ip_scale_zero_is_the_unet_without_ip_attention(manifest, tiny_s
     np.testing.assert_allclose(produced, expected, rtol=0, atol=FP32_ATOL)
     feeds["ip_scale"] = np.array(1.0, np.float32)
     assert np.abs(_session(manifest, "unet", backend).run(feeds)["noise_pred"] - expected).max() > 1e-3
+    # face-region control: a face mask of zeros confines the face attention to nothing, which is IP scale 0
+    feeds["face_mask"] = np.zeros_like(feeds["face_mask"])
+    produced = _session(manifest, "unet", backend).run(feeds)["noise_pred"]
+    np.testing.assert_allclose(produced, expected, rtol=0, atol=FP32_ATOL)
 
 
 def test_stored_uncond_tokens_are_image_proj_of_zeros(manifest, loader):
@@ -110,12 +114,14 @@ def test_stored_uncond_tokens_are_image_proj_of_zeros(manifest, loader):
 
 def test_manifest_records_io_hashes_versions_and_baked_facts(manifest):
     data = manifest.data
-    assert data["schema_version"] == 1 and data["source"]["standin"]["preset"] == "tiny"
+    assert data["schema_version"] == 2 and data["source"]["standin"]["preset"] == "tiny"
     assert data["producer"]["torch"].startswith("2.13") and "onnxruntime" in data["producer"]
     assert len(data["source"]["files"]["ip-adapter.bin"]) == 64
     unet = manifest.graph("unet")
-    assert [s.name for s in unet.inputs][-1] == "ip_scale" and unet.baked["ip_scale"] == "input"
-    assert unet.inputs[2].shape == ("batch", 93, 96)
+    assert [s.name for s in unet.inputs][-2:] == ["ip_scale", "face_mask"] and unet.baked["ip_scale"] == "input"
+    assert unet.inputs[-1].shape == (1, 1, "latent_height", "latent_width")
+    assert unet.inputs[2].shape == ("batch", "context_tokens", 96)  # any prompt length (weighted prompts)
+    assert [s.name for s in manifest.graph("vae_encoder").outputs] == ["latents", "latents_std"]
     assert manifest.graph("identitynet").baked["conditioning_scale"] == "input"
     assert set(unet.files) == {"onnx", "openvino"} and unet.files["onnx"][1]["path"] == "unet/model.onnx.data"
 
@@ -180,6 +186,7 @@ def test_a_lora_fused_at_export_equals_diffusers_with_the_lora_loaded(tmp_path, 
         install_ip_attention(pipe.unet, 16, holder), load_ip_adapter(tiny_standin / "ip-adapter.bin")["ip_adapter"]
     )
     feeds = example_inputs(list(manifest.graph("unet").inputs), manifest.architecture.dim_sizes(128, 128, 2), seed=4)
+    holder.region_latent = torch.from_numpy(feeds["face_mask"])  # the same face region on both sides
     with torch.inference_mode():
         expected = _diffusers_unet(pipe.unet, feeds)
         pipe.unet.disable_lora()
@@ -222,7 +229,7 @@ def test_inspect_accepts_an_intact_package(tiny_package):
     result = _cli("inspect", tiny_package)
     assert result.exit_code == 0, result.output
     assert "RANDOM stand-in (tiny)" in result.output and "intact" in result.output
-    assert json.loads(_cli("inspect", tiny_package, "--json").output)["schema_version"] == 1
+    assert json.loads(_cli("inspect", tiny_package, "--json").output)["schema_version"] == 2
 
 
 @pytest.mark.parametrize("damage", ["missing", "altered"])

@@ -32,8 +32,9 @@ def test_explicit_modes_are_kept_and_unknown_ones_refused():
 def test_each_mode_closes_what_it_promises_after_each_stage():
     closes = {mode: {s: MemoryPolicy(mode).closes_after(s) for s in STAGES} for mode in ("normal", "low", "minimal")}
     assert not any(closes["normal"].values())
-    low = {"conditioning": ("text_encoder", "text_encoder_2", "image_proj"), "identitynet": (), "unet": (),
-           "denoising": ("identitynet", "unet"), "decoding": ("vae_decoder", "vae_decoder_tiny")}  # fmt: skip
+    conditioning = ("text_encoder", "text_encoder_2", "image_proj", "vae_encoder")
+    low = {"conditioning": conditioning, "identitynet": (), "unet": (), "denoising": ("identitynet", "unet"),
+           "decoding": ("vae_decoder", "vae_decoder_tiny")}  # fmt: skip
     assert closes["low"] == low
     assert closes["minimal"] == {**closes["low"], "identitynet": ("identitynet",), "unet": ("unet",)}
     with pytest.raises(ValueError, match="unknown stage"):
