@@ -42,8 +42,12 @@ PRESET_CHOICE = click.Choice(PRESETS)
     is_flag=True,
     help="Also write OUT/fast-path/: few-step LoRAs (Lightning, Hyper-SD, LCM, DMD2) and TAESD-XL, as released.",
 )
+@click.option(
+    "--controlnet", "controlnets", multiple=True, metavar="NAME",
+    help="Also write OUT/controlnets/NAME/: an extra SDXL ControlNet in diffusers' layout (e.g. canny, depth).",
+)  # fmt: skip
 @click.option("--describe", is_flag=True, help="Print parameter counts as JSON (meta device, no weights).")
-def standin(preset, out, seed, embedding_dim, tokenizer, dtype, single_file, fast_path, describe):
+def standin(preset, out, seed, embedding_dim, tokenizer, dtype, single_file, fast_path, controlnets, describe):
     """Write a random-weight stand-in of InstantID in the real on-disk layout.
 
     \b
@@ -62,7 +66,8 @@ def standin(preset, out, seed, embedding_dim, tokenizer, dtype, single_file, fas
     import torch
 
     torch_dtype = {"fp16": torch.float16, "fp32": torch.float32, None: None}[dtype]
-    report = build_standin(out, preset, seed, embedding_dim, tokenizer, torch_dtype, single_file, fast_path)
+    report = build_standin(out, preset, seed, embedding_dim, tokenizer, torch_dtype, single_file, fast_path,
+                           controlnets)  # fmt: skip
     click.echo(json.dumps(report, indent=2))
     click.echo(f"Wrote a RANDOM-WEIGHT stand-in ({preset}) to {out}; it is not a real model.", err=True)
 
@@ -83,7 +88,11 @@ def standin(preset, out, seed, embedding_dim, tokenizer, dtype, single_file, fas
     help="Decode with TAESD-XL (taesdxl_decoder.pth, its .safetensors or an AutoencoderTiny folder).",
 )
 @click.option("--threads", type=int, help="torch intra-op threads (default: torch's choice).")
-def reference(checkpoint, base, loras, tiny_decoder, threads, **options):
+@click.option(
+    "--controlnet", "controlnets", multiple=True, metavar="NAME=DIR",
+    help="An extra SDXL ControlNet in diffusers' layout, for --control NAME (repeatable), as export.",
+)  # fmt: skip
+def reference(checkpoint, base, loras, tiny_decoder, threads, controlnets, **options):
     """Generate a portrait with the PyTorch reference pipeline (the oracle for the runtime).
 
     \b
@@ -101,6 +110,7 @@ def reference(checkpoint, base, loras, tiny_decoder, threads, **options):
     from ..runtime.images import load_rgb
     from ..runtime.provenance import save_png
     from .checkpoint import locate_checkpoint
+    from .controlnet_export import ControlNetSpec
     from .lora import LoraSpec
     from .reference import generate
     from .reference_models import load_reference_models
@@ -111,16 +121,18 @@ def reference(checkpoint, base, loras, tiny_decoder, threads, **options):
     face_rgb = load_rgb(inputs.face)  # cheap checks first: a bad photo or path fails before models load
     noise = inputs.load_latents()
     init_rgb = inputs.load_init_image()
+    control_rgb = inputs.load_control_images()
     paths = locate_checkpoint(checkpoint, base)
     analyzer = FaceAnalyzer(inputs.face_models)
     if threads:
         torch.set_num_threads(threads)
-    models = load_reference_models(paths, loras=lora_specs, tiny_decoder=tiny_decoder)
+    extra = {spec.name: spec.folder for spec in map(ControlNetSpec.parse, controlnets)}
+    models = load_reference_models(paths, loras=lora_specs, tiny_decoder=tiny_decoder, controlnets=extra)
     if models.standin:
         click.echo(f"Weights: {models.standin['warning']} (preset {models.standin['preset']})", err=True)
     with click.progressbar(length=settings.steps, label="denoising", file=sys.stderr) as bar:
         result = generate(models, analyzer, face_rgb, settings, noise, progress=lambda i, n: bar.update(1),
-                          init_rgb=init_rgb)  # fmt: skip
+                          init_rgb=init_rgb, control_rgb=control_rgb)  # fmt: skip
     face = result.conditioning.face
     click.echo(
         f"Face: {face.num_faces} found; using the largest, box {[round(float(v)) for v in face.bbox]} "
@@ -207,7 +219,12 @@ def demo(out, face_models, work, backend, steps, size):
     "madebyollin/taesdxl (AutoencoderTiny) folder.",
 )
 @click.option("--base", type=click.Path(path_type=Path), help="SDXL base elsewhere (diffusers folder or .safetensors).")
-def export(checkpoint, out, fmt, height, width, loras, profile, tiny_decoder, base):
+@click.option(
+    "--controlnet", "controlnets", multiple=True, metavar="NAME=DIR",
+    help="Also export an extra SDXL ControlNet in diffusers' layout as graph controlnet_NAME (repeatable); names "
+    "starting with canny get edges computed at run time, others take a prepared image.",
+)  # fmt: skip
+def export(checkpoint, out, fmt, height, width, loras, profile, tiny_decoder, base, controlnets):
     """Export UNet, IdentityNet, the image adapter, both text encoders and the VAE to a model package.
 
     \b
@@ -216,6 +233,7 @@ def export(checkpoint, out, fmt, height, width, loras, profile, tiny_decoder, ba
       instantid-edge export checkpoints --out pkg-768 --format openvino --height 768 --width 768 \\
           --lora sdxl_lightning_4step_lora.safetensors --tiny-decoder taesdxl_decoder.pth
     """
+    from .controlnet_export import ControlNetSpec
     from .lora import LoraSpec
     from .package import ExportRequest, export_package
 
@@ -229,5 +247,6 @@ def export(checkpoint, out, fmt, height, width, loras, profile, tiny_decoder, ba
         base=base,
         profile=profile,
         tiny_decoder=tiny_decoder,
+        controlnets=tuple(ControlNetSpec.parse(text) for text in controlnets),
     )
     export_package(request, log=lambda line: click.echo(line, err=True))

@@ -127,6 +127,7 @@ def generate(
     pose_rgb = load_rgb(pose) if pose else None
     noise = inputs.load_latents()
     init_rgb = inputs.load_init_image()
+    control_rgb = inputs.load_control_images()
     pipe = InstantIDPipeline.load(package_dir, backend, threads, inputs.face_models, cache_dir, precision, memory,
                                   cache=not no_cache)  # fmt: skip
     standin = pipe.package.manifest.standin
@@ -141,7 +142,9 @@ def generate(
             bar.total = total  # img2img runs only its share of the steps
             bar.update(done - bar.n)
 
-        result = pipe(face_rgb, settings, pose_rgb, noise, progress=progress, init_rgb=init_rgb)
+        result = pipe(
+            face_rgb, settings, pose_rgb, noise, progress=progress, init_rgb=init_rgb, control_rgb=control_rgb
+        )
     face = result.conditioning.face
     chosen = f"{face.num_faces} face(s) found; using the largest, box {[round(float(v)) for v in face.bbox]}"
     record = {
@@ -171,3 +174,25 @@ def generate(
         click.echo(f"{'load':12s} {load_seconds:9.3f}", err=True)
         click.echo(timing_table(result.timings, wall), err=True)
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the styles as JSON.")
+def styles(as_json):
+    """List the named style templates: each wraps the prompt ({prompt} marks where) and adds a negative prompt.
+
+    \b
+    Example:
+      instantid-edge styles
+      instantid-edge generate --package pkg --face me.jpg --prompt "an astronaut" --style watercolor --out me.png
+    """
+    from .styles import load_styles
+
+    book = load_styles()
+    if as_json:
+        entries = [{"name": s.name, "label": s.label, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+                   for s in book]  # fmt: skip
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for style in book:
+        click.echo(f"{style.name:12s} {style.label}: {style.prompt}")

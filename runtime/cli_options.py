@@ -27,6 +27,10 @@ def _timesteps(ctx, param, value):
 _OPTIONS = [
     click.option("--face", type=click.Path(path_type=Path), required=True, help="Photo of one person's face."),
     click.option("--prompt", required=True, help="What to generate."),
+    click.option(
+        "--style",
+        help="A named style (`instantid-edge styles` lists them): wraps the prompt and adds its negative prompt.",
+    ),
     click.option("--out", type=click.Path(path_type=Path), required=True, help="Output PNG path."),
     click.option("--negative-prompt", default=None, help="Default: none (zero negative embeddings, as SDXL)."),
     click.option("--seed", type=int, default=0, show_default=True),
@@ -46,6 +50,14 @@ _OPTIONS = [
         help="Read (word:1.2), (word), [word] and \\( escapes, and prompts beyond 77 tokens, as InstantID's app.",
     ),
     click.option("--init-image", type=click.Path(path_type=Path), help="img2img: start from this photo."),
+    click.option(
+        "--control",
+        "controls",
+        multiple=True,
+        metavar="NAME[=IMG][:S]",
+        help="An extra ControlNet of the package with strength S (default 0.4), repeatable: canny takes edges of "
+        "IMG (default: the pose or face photo), others (depth, pose) a prepared condition image IMG.",
+    ),
     click.option("--strength", type=float, help="img2img: share of the steps run from the init image (default 0.8)."),
     click.option("--height", type=int, help="Output height (default: the face photo resized, long side 1280)."),
     click.option("--width", type=int, help="Output width (give both or neither)."),
@@ -117,6 +129,7 @@ class GenerationInputs:
     latents: Path | None
     save_latents: Path | None
     init_image: Path | None = None  # img2img
+    control_images: tuple[tuple[str, Path], ...] = ()  # the extra ControlNets' images by name
 
     def load_latents(self) -> np.ndarray | None:
         if self.latents is None:
@@ -132,15 +145,32 @@ class GenerationInputs:
 
         return None if self.init_image is None else load_rgb(self.init_image)
 
+    def load_control_images(self) -> dict:
+        from .images import load_rgb
+
+        return {name: load_rgb(path) for name, path in self.control_images}
+
 
 def settings_from_options(
     options: dict, explicit: set[str] = frozenset(), adjust=None
 ) -> tuple[GenerationSettings, GenerationInputs]:
     """Settings from the options; `adjust(settings)` (a run profile) comes before validation."""
+    from .controlnets import parse_control
+
+    controls = [parse_control(text) for text in options.pop("controls", ())]
+    options["controls"] = tuple((name, strength) for name, _, strength in controls)
     names = ("face", "out", "face_models", "latents", "save_latents", "init_image")
-    inputs = GenerationInputs(**{k: options.pop(k) for k in names})
+    images = tuple((name, path) for name, path, _ in controls if path is not None)
+    inputs = GenerationInputs(**{k: options.pop(k) for k in names}, control_images=images)
     if inputs.out.suffix.lower() != ".png":
         raise ConfigError(f"--out must end in .png (the output carries its provenance in PNG metadata): {inputs.out}")
+    style = options.pop("style", None)
+    if style is not None:  # as the app: the style wraps the prompt, its negative prompt comes first
+        from .styles import load_styles
+
+        options["prompt"], options["negative_prompt"] = (
+            load_styles().get(style).apply(options["prompt"], options["negative_prompt"])
+        )
     if options.get("timesteps") and "steps" not in explicit:
         options["steps"] = len(options["timesteps"])
     settings = GenerationSettings(**options)

@@ -12,7 +12,9 @@ condition is then resized to the output size as diffusers' control-image process
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -71,3 +73,17 @@ def condition_of(name: str) -> str:
     """How export files a ControlNet called `name` (manifest.CONDITIONS): names starting with "canny" get the
     edge map computed here, every other one takes a prepared image."""
     return "canny" if name.startswith("canny") else "image"
+
+
+def parse_control(text: str) -> tuple[str, Path | None, float]:
+    """`--control NAME[=IMAGE][:STRENGTH]` -> (name, image path or None, strength; default DEFAULT_STRENGTH)."""
+    given, strength = text, DEFAULT_STRENGTH
+    head, colon, tail = text.rpartition(":")
+    if colon and re.fullmatch(r"[0-9]*\.?[0-9]+", tail):  # else the colon belongs to the image path
+        given, strength = head, float(tail)
+    name, _, image = given.partition("=")
+    if not name:
+        raise ConfigError(
+            f"--control takes NAME[=IMAGE][:STRENGTH], e.g. canny:0.4 or depth=depth.png:0.5; got {text!r}"
+        )
+    return name, Path(image) if image else None, strength

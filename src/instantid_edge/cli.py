@@ -62,6 +62,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "instantid_edge.serve.cli:serve",
         "Serve the kiosk page and an HTTP API (model loaded once, jobs queued, nothing kept; needs the serve extra).",
     ),
+    "styles": (
+        "instantid_edge.runtime.cli:styles",
+        "List the named style templates `generate --style NAME` applies.",
+    ),
     "verify": (
         "instantid_edge.runtime.provenance.cli:verify",
         "Report each image's watermark, XMP label and C2PA state (exit 0 all marked, 2 any unmarked, 1 errors).",
