@@ -42,9 +42,13 @@ class StyleBook:
         return len(self.styles)
 
     def get(self, name: str) -> Style:
-        if name not in self.styles:
-            raise ConfigError(f"unknown style {name!r}; choose one of {', '.join(self.styles)}")
-        return self.styles[name]
+        """The style called `name`, or labelled so (upstream's app names its styles "Film Noir", "(No style)")."""
+        if name in self.styles:
+            return self.styles[name]
+        by_label = {style.label.casefold(): style for style in self.styles.values()}
+        if name.strip().casefold() in by_label:
+            return by_label[name.strip().casefold()]
+        raise ConfigError(f"unknown style {name!r}; choose one of {', '.join(self.styles)}")
 
 
 def load_styles(path: str | Path | None = None) -> StyleBook:

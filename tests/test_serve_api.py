@@ -187,7 +187,7 @@ def test_styles_are_listed(pipe):
         ("no face in the pose photo", 422, "no_face", "no face found in the pose photo"),
         ("steps out of range", 422, "bad_settings", "steps must be between 1 and 1000"),
         ("width without height", 422, "bad_settings", "give both"),
-        ("unknown style", 422, "bad_settings", "unknown style 'cubism'; choose one of photo"),
+        ("unknown style", 422, "bad_settings", "unknown style 'cubism'; choose one of none"),
         ("no prompt or style", 422, "bad_settings", "give a prompt, a style, or both"),
         ("unknown decoder", 422, "bad_settings", "decoder must be one of full, tiny"),
         ("decoder the package lacks", 422, "bad_settings", "this package has no tiny decoder .it has: full."),

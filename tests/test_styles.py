@@ -22,9 +22,18 @@ def test_shipped_styles_load_and_wrap_the_prompt():
     assert watercolor.apply("   ")[1] == watercolor.negative_prompt
 
 
+def test_the_styles_carry_the_names_of_instantids_app_and_are_found_by_either_name():
+    """gradio_demo/style_template.py in instantX-research/InstantID names nine styles; we ship the same nine."""
+    book = load_styles()
+    upstream = ["(No style)", "Watercolor", "Film Noir", "Neon", "Jungle", "Mars", "Vibrant Color", "Snow", "Line art"]
+    assert [style.label for style in book] == upstream
+    assert book.get("Film Noir") is book.get("film-noir") is book.get("film noir")
+    assert book.get("(No style)").apply("an astronaut") == ("an astronaut", "")
+
+
 def test_unknown_style_lists_the_names():
     book = load_styles()
-    with pytest.raises(ConfigError, match="unknown style 'cubism'; choose one of photo, watercolor"):
+    with pytest.raises(ConfigError, match="unknown style 'cubism'; choose one of none, watercolor"):
         book.get("cubism")
 
 
