@@ -133,7 +133,7 @@ def test_kiosk_page_from_consent_to_result_and_start_over(
             page.keyboard.press("Enter")
             page.wait_for_selector("#snapshot", state="visible")
             assert page.evaluate("() => document.getElementById('snapshot').width") == 640
-            page.click("text=Watercolour")
+            page.click("text=Watercolor")
             shot("3-captured")
 
             # 4. progress from the event stream
