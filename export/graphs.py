@@ -82,16 +82,8 @@ class IdentityNetGraph(nn.Module):
         self.net = identitynet
 
     def forward(self, sample, timestep, image_tokens, controlnet_cond, conditioning_scale, text_embeds, time_ids):
-        down, mid = self.net(
-            sample,
-            timestep,
-            encoder_hidden_states=image_tokens,
-            controlnet_cond=controlnet_cond,
-            conditioning_scale=conditioning_scale,
-            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
-            return_dict=False,
-        )
-        return (*down, mid)
+        return _controlnet_residuals(self.net, sample, timestep, image_tokens, controlnet_cond, conditioning_scale,
+                                     text_embeds, time_ids)  # fmt: skip
 
 
 class ControlNetGraph(nn.Module):
@@ -103,16 +95,22 @@ class ControlNetGraph(nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, text_embeds,
                 time_ids):  # fmt: skip
-        down, mid = self.net(
-            sample,
-            timestep,
-            encoder_hidden_states=encoder_hidden_states,
-            controlnet_cond=controlnet_cond,
-            conditioning_scale=conditioning_scale,
-            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
-            return_dict=False,
-        )
-        return (*down, mid)
+        return _controlnet_residuals(self.net, sample, timestep, encoder_hidden_states, controlnet_cond,
+                                     conditioning_scale, text_embeds, time_ids)  # fmt: skip
+
+
+def _controlnet_residuals(net, sample, timestep, context, controlnet_cond, conditioning_scale, text_embeds, time_ids):
+    """A diffusers SDXL ControlNet's down and mid residuals as one flat tuple (the graph's outputs)."""
+    down, mid = net(
+        sample,
+        timestep,
+        encoder_hidden_states=context,
+        controlnet_cond=controlnet_cond,
+        conditioning_scale=conditioning_scale,
+        added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+        return_dict=False,
+    )
+    return (*down, mid)
 
 
 class UNetGraph(nn.Module):
