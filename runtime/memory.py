@@ -1,16 +1,21 @@
-"""The memory policy (which graphs stay open when), the physical-memory query, and handing freed memory back.
+"""The memory policy (which graphs stay open when, CFG in one call or two, the VAE decode whole or tiled), the
+physical-memory query, the process's memory, and handing freed memory back.
 
-    MEMORY_MODES                       what --memory accepts: auto, normal, low, minimal
+    MEMORY_MODES                       what --memory accepts: auto, then the modes, fastest first
+    MODES                              name -> Mode: what each mode closes after each stage, and how it runs
     MemoryPolicy.choose(mode, sizes)   the policy for a mode; "auto" decides from the graphs' weight bytes
-    policy.mode                        normal, low or minimal
+    policy.mode                        normal, low, lean or minimal
     policy.closes_after(stage)         the graphs to close once `stage` is done
     policy.close(stage, package)       close them (nothing in normal mode)
     physical_memory()                  bytes of RAM, or None where the system does not say
+    process_memory()                   this process's RSS now (anonymous and file-backed) and its peak, in bytes
     release_memory()                   collect garbage and return freed heap pages to the system
 
 Stages, in the order a run passes them: "conditioning" (text encoders, image adapter and img2img's VAE encoder
 done), "identitynet" and "unet" (after each call, every step; extra ControlNets follow IdentityNet),
 "denoising" (the sampler loop done), "decoding" (the decoder done).
+No mode changes the latents beyond float rounding (tests/test_memory_modes.py); the tiled decode changes pixels
+by what runtime/decode.py states.
 """
 
 from __future__ import annotations
@@ -19,22 +24,42 @@ import contextlib
 import ctypes
 import gc
 import os
+import resource
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .errors import ConfigError
 from .manifest import DECODER_GRAPHS
 
-MEMORY_MODES = ("auto", "normal", "low", "minimal")
+STAGES = ("conditioning", "identitynet", "unet", "denoising", "decoding")
 _TEXT_AND_IMAGE = ("text_encoder", "text_encoder_2", "image_proj", "vae_encoder")  # vae_encoder: img2img
 _DECODERS = tuple(DECODER_GRAPHS.values())  # whichever decoded
 _LOW = {"conditioning": _TEXT_AND_IMAGE, "denoising": ("identitynet", "unet"), "decoding": _DECODERS}
-# normal keeps every graph open; low closes each once its stage is done, so the peak is the two denoiser graphs;
-# minimal also keeps only one of those two open at a time, reopening them every step (slow, for machines that
-# cannot hold both, such as the full-size fp32 pair on 24 GiB)
-_CLOSES_AFTER = {"normal": {}, "low": _LOW, "minimal": {**_LOW, "identitynet": ("identitynet",), "unet": ("unet",)}}
-STAGES = ("conditioning", "identitynet", "unet", "denoising", "decoding")
+_ONE_DENOISER = {**_LOW, "identitynet": ("identitynet",), "unet": ("unet",)}
+DECODE_TILE = 64  # latents per tile side in the tiled decode (512 pixels with SDXL's VAE)
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    closes_after: Mapping[str, tuple[str, ...]]
+    cfg_split: bool  # CFG as two batch-1 calls of IdentityNet and the UNet (half their activations)
+    decode_tile: int | None  # the full VAE decodes tiles of this many latents a side (None: the whole image)
+    summary: str
+
+
+# Fastest first: auto takes the first that fits. low closes each graph once its stage is done, so the peak is
+# the two denoiser graphs; lean also halves the denoisers' and the VAE's activations; minimal keeps only one
+# denoiser graph open at a time, reopening both every step (slow: for machines that cannot hold the pair).
+MODES = {mode.name: mode for mode in (
+    Mode("normal", {}, False, None, "every graph stays open"),
+    Mode("low", _LOW, False, None, "each graph closes once its stage is done (reopened for the next image)"),
+    Mode("lean", _LOW, True, DECODE_TILE, "low, with CFG as two batch-1 calls and the VAE decoded in tiles"),
+    Mode("minimal", _ONE_DENOISER, True, DECODE_TILE,
+         "lean, with one denoiser graph open at a time: both reopen every step (slow)"),
+)}  # fmt: skip
+MEMORY_MODES = ("auto", *MODES)
 # Loaded weights take about their file size (more while a backend repacks them); activations, the other graphs
 # and the process come on top: beyond this share of RAM, auto holds fewer graphs at once.
 _AUTO_SHARE = 0.45
@@ -42,6 +67,64 @@ _AUTO_SHARE = 0.45
 
 class _Releases(Protocol):
     def release(self, *names: str) -> None: ...
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MEMORY_MODES:
+        raise ConfigError(f"memory mode must be one of {', '.join(MEMORY_MODES)}, got {mode!r}")
+    return mode
+
+
+@dataclass(frozen=True)
+class MemoryPolicy:
+    mode: str  # a key of MODES
+    estimate: object | None = field(default=None, compare=False)  # memory_estimate.MemoryPlan when auto chose
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            check_mode(self.mode)
+            raise ConfigError(f"memory mode {self.mode!r} is decided per run; give one of {', '.join(MODES)}")
+
+    @classmethod
+    def choose(cls, mode: str, graph_bytes: Mapping[str, int], physical: int | None = None) -> MemoryPolicy:
+        """The policy for `mode`; "auto" compares the graphs' weight bytes (in the format being run) with RAM."""
+        check_mode(mode)
+        if mode != "auto":
+            return cls(mode)
+        physical = physical or physical_memory()
+        if physical is None:
+            return cls("low")
+        if graph_bytes.get("unet", 0) + graph_bytes.get("identitynet", 0) > _AUTO_SHARE * physical:
+            return cls("minimal")
+        return cls("low" if sum(graph_bytes.values()) > _AUTO_SHARE * physical else "normal")
+
+    @property
+    def cfg_split(self) -> bool:
+        return MODES[self.mode].cfg_split
+
+    @property
+    def decode_tile(self) -> int | None:
+        return MODES[self.mode].decode_tile
+
+    def closes_after(self, stage: str) -> tuple[str, ...]:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        return MODES[self.mode].closes_after.get(stage, ())
+
+    def close(self, stage: str, package: _Releases, controlnets: tuple[str, ...] = ()) -> None:
+        """Close the sessions this policy frees after `stage`; they reopen on next use. `controlnets` (a run's
+        extra ControlNet graphs) follow IdentityNet's rule: closed whenever it is."""
+        names = self.closes_after(stage)
+        if "identitynet" in names:
+            names = (*names, *controlnets)
+        if names:
+            package.release(*names)
+
+    def to_dict(self) -> dict:
+        data = {"mode": self.mode}
+        if self.estimate is not None:
+            data["auto"] = self.estimate.to_dict()
+        return data
 
 
 def physical_memory() -> int | None:
@@ -52,37 +135,19 @@ def physical_memory() -> int | None:
         return None
 
 
-@dataclass(frozen=True)
-class MemoryPolicy:
-    mode: str  # normal, low or minimal
-
-    @classmethod
-    def choose(cls, mode: str, graph_bytes: Mapping[str, int], physical: int | None = None) -> MemoryPolicy:
-        """The policy for `mode`; "auto" compares the graphs' weight bytes (in the format being run) with RAM."""
-        if mode not in MEMORY_MODES:
-            raise ConfigError(f"memory mode must be one of {', '.join(MEMORY_MODES)}, got {mode!r}")
-        if mode != "auto":
-            return cls(mode)
-        physical = physical or physical_memory()
-        if physical is None:
-            return cls("low")
-        if graph_bytes.get("unet", 0) + graph_bytes.get("identitynet", 0) > _AUTO_SHARE * physical:
-            return cls("minimal")
-        return cls("low" if sum(graph_bytes.values()) > _AUTO_SHARE * physical else "normal")
-
-    def closes_after(self, stage: str) -> tuple[str, ...]:
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        return _CLOSES_AFTER[self.mode].get(stage, ())
-
-    def close(self, stage: str, package: _Releases, controlnets: tuple[str, ...] = ()) -> None:
-        """Close the sessions this policy frees after `stage`; they reopen on next use. `controlnets` (a run's
-        extra ControlNet graphs) follow IdentityNet's rule: closed whenever it is."""
-        names = self.closes_after(stage)
-        if "identitynet" in names:
-            names = (*names, *controlnets)
-        if names:
-            package.release(*names)
+def process_memory() -> dict[str, int]:
+    """This process's memory in bytes: rss, anon (heap, arenas, copied weights), file (memory-mapped files) and
+    peak (the kernel's high-water mark of rss); where /proc is missing, only the peak."""
+    names = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "VmHWM": "peak"}
+    values = {}
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in names:
+                values[names[key]] = int(value.split()[0]) * 1024
+    if "peak" not in values:  # ru_maxrss: KiB on Linux
+        values["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return values
 
 
 def release_memory() -> None:

@@ -5,7 +5,9 @@ guidance.
 `eps(model_input, t, step)`, the predicted noise (epsilon) a sampler needs. IdentityNet gets only the face
 tokens (plus pooled text and time ids); the UNet gets the text tokens followed by the face tokens. Outside
 IdentityNet's active window (or at scale 0) IdentityNet is skipped and its residuals are zeros, which is what
-running it at scale 0 gives. The memory policy may close each graph after its call.
+running it at scale 0 gives. The memory policy may close each graph after its call, and may run CFG as two batch-1
+calls of each graph (uncond, then cond) instead of one batch-2 call: half the activations, the same numbers to
+float rounding (tests/test_memory_modes.py).
 
 InstantID's full pipeline adds (pipeline_stable_diffusion_xl_instantid_full.py): face-region control
 (IdentityNet's residuals times the face mask at their size, the face attention confined by the UNet's
@@ -15,7 +17,7 @@ summed with IdentityNet's (diffusers' MultiControlNet), all within the same acti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -61,6 +63,21 @@ class PredictorInputs:
         """The UNet's cross-attention context: text tokens followed by face tokens."""
         return np.concatenate([self.text, self.image_tokens], axis=1)
 
+    def halves(self) -> tuple[PredictorInputs, ...]:
+        """One batch-1 PredictorInputs per CFG branch ([uncond], [cond]); itself when batch 1."""
+        if self.batch == 1:
+            return (self,)
+        fields = ("text", "pooled", "image_tokens", "time_ids", "control")
+        return tuple(
+            PredictorInputs(
+                **{f: getattr(self, f)[i : i + 1] for f in fields},
+                face_mask=self.face_mask,  # masks are [1, 1, h, w]: the same for both branches
+                residual_masks=self.residual_masks,
+                controls=tuple(replace(c, condition=c.condition[i : i + 1]) for c in self.controls),
+            )
+            for i in range(self.batch)
+        )
+
 
 def zero_residuals(package: ModelPackage, batch: int, latent_h: int, latent_w: int) -> dict[str, np.ndarray]:
     specs = {spec.name: spec for spec in package.manifest.graph("identitynet").outputs}
@@ -104,49 +121,53 @@ def make_noise_predictor(
     num_steps: int | None = None,
 ) -> NoisePredictor:
     """`memory` may close IdentityNet and the UNet after each call (minimal: the full-size fp32 pair does not
-    fit 24 GiB together). `num_steps`: the steps the sampler runs (img2img runs fewer than `settings.steps`);
-    the ControlNets' active window is a fraction of those, as in diffusers."""
-    context = inputs.context
-    batch = inputs.batch
+    fit 24 GiB together) and may split CFG's batch into two calls of each graph. `num_steps`: the steps the
+    sampler runs (img2img runs fewer than `settings.steps`); the ControlNets' active window is a fraction of
+    those, as in diffusers."""
+    parts = inputs.halves() if memory.cfg_split else (inputs,)
+    contexts = [part.context for part in parts]
     num_steps = num_steps or settings.steps
+    controlnets = tuple(control.graph for control in inputs.controls)
     zeros: dict[tuple, dict[str, np.ndarray]] = {}  # residuals outside IdentityNet's window, made once per shape
 
-    def controlnet_residuals(x: np.ndarray, t: float, step: int) -> dict[str, np.ndarray] | None:
+    def controlnet_residuals(part: PredictorInputs, x: np.ndarray, t: float, step: int, keep: float) -> dict | None:
         """IdentityNet's residuals (face region applied) plus each extra ControlNet's; None when none runs."""
-        keep = identitynet_active(step, num_steps, settings.control_start, settings.control_end)
         residuals = None
         if settings.identitynet_scale * keep > 0:
             run = package.session("identitynet").run
-            feeds = identitynet_feeds(inputs, x, t, settings.identitynet_scale * keep)
-            residuals = timer.run("identitynet", run, feeds)
+            residuals = timer.run("identitynet", run, identitynet_feeds(part, x, t, settings.identitynet_scale * keep))
             for value in residuals.values():
                 check_finite(f"identitynet (step {step + 1})", value)
-            memory.close("identitynet", package)
-            if inputs.residual_masks is not None:
-                residuals = {name: value * inputs.residual_masks[name] for name, value in residuals.items()}
-        for control in inputs.controls:
+            if part.residual_masks is not None:
+                residuals = {name: value * part.residual_masks[name] for name, value in residuals.items()}
+        for control in part.controls:
             if control.strength * keep > 0:
                 run = package.session(control.graph).run
-                extra = timer.run("controlnet", run, controlnet_feeds(inputs, control, x, t, control.strength * keep))
+                extra = timer.run("controlnet", run, controlnet_feeds(part, control, x, t, control.strength * keep))
                 for value in extra.values():
                     check_finite(f"{control.graph} (step {step + 1})", value)
-                memory.close("identitynet", package, controlnets=(control.graph,))
                 residuals = extra if residuals is None else {name: residuals[name] + extra[name] for name in extra}
         return residuals
 
     def eps(model_input: np.ndarray, t: float, step: int) -> np.ndarray:
-        x = np.concatenate([model_input] * batch).astype(np.float32)
-        residuals = controlnet_residuals(x, t, step)
-        if residuals is None:
-            if x.shape not in zeros:
-                zeros[x.shape] = zero_residuals(package, batch, x.shape[2], x.shape[3])
-            residuals = zeros[x.shape]
-        feeds = unet_feeds(inputs, context, x, t, residuals, settings.ip_scale, inputs.face_mask)
-        noise = check_finite(
-            f"unet (step {step + 1})", timer.run("unet", package.session("unet").run, feeds)["noise_pred"]
-        )
+        keep = identitynet_active(step, num_steps, settings.control_start, settings.control_end)
+        xs = [np.concatenate([model_input] * part.batch).astype(np.float32) for part in parts]
+        # every ControlNet call before the UNet's: in minimal mode each graph opens once per step
+        residuals = [controlnet_residuals(part, x, t, step, keep) for part, x in zip(parts, xs, strict=True)]
+        if any(r is not None for r in residuals):
+            memory.close("identitynet", package, controlnets)
+        noises = []
+        for part, context, x, residual in zip(parts, contexts, xs, residuals, strict=True):
+            if residual is None:
+                if x.shape not in zeros:
+                    zeros[x.shape] = zero_residuals(package, x.shape[0], x.shape[2], x.shape[3])
+                residual = zeros[x.shape]
+            feeds = unet_feeds(part, context, x, t, residual, settings.ip_scale, part.face_mask)
+            run = package.session("unet").run
+            noises.append(check_finite(f"unet (step {step + 1})", timer.run("unet", run, feeds)["noise_pred"]))
         memory.close("unet", package)
-        if batch == 2:
+        noise = np.concatenate(noises)
+        if inputs.batch == 2:
             uncond, conditional = noise[:1], noise[1:]
             return uncond + np.float32(settings.guidance) * (conditional - uncond)
         return noise

@@ -227,7 +227,7 @@ class InstantIDPipeline:
             timer.seconds["denoise"] += time.perf_counter() - start
             latents.append(final)
             self.memory.close("denoising", self.package, controlnets)
-            image = timer.run("decode", decode, self.package, final, run.decoder)
+            image = timer.run("decode", decode, self.package, final, run.decoder, self.memory.decode_tile)
             images.append(timer.run("watermark", watermark_image, image, "runtime") if self.watermark else image)
             self.memory.close("decoding", self.package)
         return GenerationResult(images, np.concatenate(latents), run.faces, settings, timer.summary(), self.watermark)

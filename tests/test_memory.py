@@ -24,18 +24,25 @@ def test_auto_decides_from_the_graphs_weight_bytes_against_physical_memory(sizes
 
 
 def test_explicit_modes_are_kept_and_unknown_ones_refused():
-    assert [MemoryPolicy.choose(mode, SMALL).mode for mode in MEMORY_MODES[1:]] == ["normal", "low", "minimal"]
-    with pytest.raises(ConfigError, match="memory mode must be one of auto, normal, low, minimal"):
+    modes = ["normal", "low", "lean", "minimal"]
+    assert [MemoryPolicy.choose(mode, SMALL).mode for mode in MEMORY_MODES[1:]] == modes
+    with pytest.raises(ConfigError, match="memory mode must be one of auto, normal, low, lean, minimal"):
         MemoryPolicy.choose("tiny", SMALL)
 
 
 def test_each_mode_closes_what_it_promises_after_each_stage():
-    closes = {mode: {s: MemoryPolicy(mode).closes_after(s) for s in STAGES} for mode in ("normal", "low", "minimal")}
+    modes = ("normal", "low", "lean", "minimal")
+    closes = {mode: {s: MemoryPolicy(mode).closes_after(s) for s in STAGES} for mode in modes}
     assert not any(closes["normal"].values())
     conditioning = ("text_encoder", "text_encoder_2", "image_proj", "vae_encoder")
     low = {"conditioning": conditioning, "identitynet": (), "unet": (), "denoising": ("identitynet", "unet"),
            "decoding": ("vae_decoder", "vae_decoder_tiny")}  # fmt: skip
-    assert closes["low"] == low
+    assert closes["low"] == low and closes["lean"] == low
     assert closes["minimal"] == {**closes["low"], "identitynet": ("identitynet",), "unet": ("unet",)}
     with pytest.raises(ValueError, match="unknown stage"):
         MemoryPolicy("low").closes_after("loading")
+
+
+def test_lean_and_minimal_split_cfg_and_tile_the_decode():
+    assert [MemoryPolicy(m).cfg_split for m in ("normal", "low", "lean", "minimal")] == [False, False, True, True]
+    assert [MemoryPolicy(m).decode_tile for m in ("normal", "low", "lean", "minimal")] == [None, None, 64, 64]

@@ -1,0 +1,59 @@
+"""A memory mode changes what is open when and how calls are batched, never the result: CFG as two batch-1
+calls equals the batch-2 call, and every mode gives the normal mode's latents (bit for bit here; within 1e-5
+where kernels round batch 1 and 2 differently)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from instantid_edge.runtime.memory import MODES, MemoryPolicy
+from instantid_edge.runtime.settings import GenerationSettings
+
+LATENT_ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def face_rgb(astronaut):
+    from instantid_edge.runtime.images import load_rgb
+
+    return load_rgb(astronaut)
+
+
+def _settings(**overrides) -> GenerationSettings:
+    return GenerationSettings(**{"prompt": "a portrait", "seed": 8, "steps": 3, "height": 128, "width": 128,
+                                 **overrides})  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_cfg_as_two_batch_1_calls_equals_the_batch_2_call(runtime_package, face_pack, face_rgb, backend):
+    from instantid_edge.runtime.noise_prediction import make_noise_predictor
+    from instantid_edge.runtime.pipeline import InstantIDPipeline
+    from instantid_edge.runtime.timing import StageTimer
+
+    pipe = InstantIDPipeline.load(runtime_package, backend=backend, face_models=face_pack)
+    run = pipe.prepare(face_rgb, _settings())
+    assert run.inputs.batch == 2
+    x = run.start(0)[0] * np.float32(14.6)
+    for step, t in ((0, 999.0), (1, 500.0)):  # IdentityNet on, then outside a window ending at step 1
+        settings = _settings(control_end=0.34)
+        timers = {mode: StageTimer() for mode in ("normal", "lean")}
+        eps = {mode: make_noise_predictor(pipe.package, run.inputs, settings, timers[mode], MemoryPolicy(mode))(
+            x, t, step) for mode in timers}  # fmt: skip
+        np.testing.assert_allclose(eps["lean"], eps["normal"], rtol=0, atol=LATENT_ATOL)
+        assert timers["lean"].calls["unet"] == 2 * timers["normal"].calls["unet"] == 2  # really split
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_no_memory_mode_changes_the_image(runtime_package, face_pack, face_rgb, backend):
+    from instantid_edge.runtime.pipeline import InstantIDPipeline
+
+    results = {}
+    for mode in MODES:
+        pipe = InstantIDPipeline.load(runtime_package, backend=backend, face_models=face_pack, memory=mode)
+        results[mode] = pipe(face_rgb, _settings())
+        split = 2 if MODES[mode].cfg_split else 1
+        assert results[mode].timings["calls"]["unet"] == 3 * split
+        np.testing.assert_allclose(results[mode].latents, results["normal"].latents, rtol=0, atol=LATENT_ATOL)
+        # 16x16 latents fit one decode tile: the image is the whole decode's
+        np.testing.assert_array_equal(results[mode].images[0], results["normal"].images[0])
