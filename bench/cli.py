@@ -70,3 +70,54 @@ def bench(out, preset, checkpoint, packages, height, width, steps, guidance, bac
     failed = [r for r in results["runs"] if "error" in r]
     if failed:
         raise click.ClickException(f"{len(failed)} configuration(s) failed; see {out / 'results.md'}")
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    from ..runtime.errors import ConfigError
+    from ..runtime.settings import check_size
+
+    sizes = []
+    for item in _list(text):
+        height, _, width = item.partition("x")
+        try:
+            size = (int(height), int(width or height))
+        except ValueError as exc:
+            raise ConfigError(f"--sizes takes HEIGHT[xWIDTH] items separated by commas, got {item!r}") from exc
+        check_size(*size, neither="")
+        sizes.append(size)
+    return sizes
+
+
+@click.command("bench-memory")
+@click.option("--package", "packages", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Model package(s) to measure.")  # fmt: skip
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for breakdown.json/.md.")
+@click.option("--backends", default=",".join(BACKENDS), show_default=True)
+@click.option("--graphs", default="text_encoder,text_encoder_2,image_proj,identitynet,unet,vae_decoder",
+              show_default=True)  # fmt: skip
+@click.option("--sizes", default="768,1024", show_default=True, help="Output sizes, HEIGHT[xWIDTH], comma-separated.")
+@click.option("--batches", default="1,2", show_default=True, help="IdentityNet/UNet batches (2: CFG in one call).")
+@click.option("--lever", "levers", multiple=True, help="A backend memory switch, NAME=0|1 (repeatable).")
+@click.option("--threads", type=int, help="Inference threads.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="OpenVINO compiled-model cache (default: none).")
+def bench_memory(packages, out, backends, graphs, sizes, batches, levers, threads, cache_dir):
+    """Measure where each graph's memory goes: weights mapped and copied, load/compile peak, activations.
+
+    \b
+    Every graph of every package runs alone in its own process, at each size and batch.
+    Example:
+      instantid-edge bench-memory --package pkg-int8 --sizes 768,1024 --threads 2 --out memory-int8
+    """
+    import json
+
+    from ..runtime.session import Levers
+    from .memory_breakdown import markdown_table, run_breakdown
+
+    results = run_breakdown(list(packages), list(_list(backends)), list(_list(graphs)), _sizes(sizes),
+                            [int(b) for b in _list(batches)], Levers.parse(list(levers)), threads,
+                            log=lambda line: click.echo(line, err=True), cache_dir=cache_dir)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "breakdown.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown_table(results["rows"])
+    (out / "breakdown.md").write_text(table)
+    click.echo(table)

@@ -18,6 +18,10 @@ def main(config_path: str, result_path: str) -> None:
         from .gemm import gemm_peaks
 
         result = {"gemm": gemm_peaks(raw.get("threads"))}
+    elif raw.get("kind") == "memory":
+        from .memory_breakdown import measure_graph
+
+        result = measure_graph(raw)
     else:
         config = Config(**raw)
         result = time_torch(config) if config.backend == "torch" else time_runtime(config)

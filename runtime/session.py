@@ -2,7 +2,11 @@
 
 Backend tuning stays in this file. OpenVINO compiles each graph for the exact input shapes it is run with
 (static shapes are faster on CPU), caches compiled blobs in `cache_dir` so a second start is fast, and runs
-in f32 unless told otherwise: on CPUs with AVX-512 bf16 its default would silently be bf16.
+in f32 unless told otherwise: on CPUs with AVX-512 bf16 its default would silently be bf16. It keeps one
+compiled shape per graph: every compiled model holds its own repacked copy of the weights.
+
+The allocator and loading switches each backend offers (`Levers`) are measured in bench/RESULTS.md ("Where
+the memory goes"); the defaults are the measured best.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from .backends import backend
-from .errors import PackageError
+from .errors import ConfigError, PackageError
 from .manifest import GraphInfo, TensorSpec
 
 
@@ -27,11 +31,58 @@ class Session(Protocol):
 
 
 @dataclass(frozen=True)
+class Levers:
+    """The backends' memory and loading switches, in one place: what each sets is in the methods below, what each
+    costs and saves at the small stand-in's 768x768 is in bench/RESULTS.md ("The levers"); the defaults are
+    the measured best. `bench-memory --lever NAME=VALUE` measures another setting.
+    """
+
+    ort_arena: bool = True  # ONNX Runtime's CPU arena (enable_cpu_mem_arena): keeps freed blocks for reuse
+    ort_memory_pattern: bool = True  # plan a shape's intermediate tensors into one block (enable_mem_pattern)
+    ort_prepacking: bool = True  # repack constant weights for the kernels at load (session.disable_prepacking)
+    ort_initializers_outside_arena: bool = False  # session.use_device_allocator_for_initializers
+    ov_mmap: bool = True  # OpenVINO reads the IR's weights through a memory map (ENABLE_MMAP)
+    ov_streams: int = 0  # OpenVINO NUM_STREAMS; 0: what the LATENCY hint picks (one stream)
+
+    def ort_session(self) -> dict[str, bool]:
+        """onnxruntime.SessionOptions attributes."""
+        return {"enable_cpu_mem_arena": self.ort_arena, "enable_mem_pattern": self.ort_memory_pattern}
+
+    def ort_config(self) -> dict[str, str]:
+        """onnxruntime session config entries (add_session_config_entry)."""
+        return {
+            "session.disable_prepacking": "0" if self.ort_prepacking else "1",
+            "session.use_device_allocator_for_initializers": "1" if self.ort_initializers_outside_arena else "0",
+        }
+
+    def ov_core(self) -> dict:
+        """openvino.Core properties (reading the model)."""
+        return {"ENABLE_MMAP": self.ov_mmap}
+
+    def ov_compile(self) -> dict:
+        """compile_model properties, beside the precision, threads and the LATENCY hint."""
+        return {"NUM_STREAMS": self.ov_streams} if self.ov_streams else {}
+
+    @classmethod
+    def parse(cls, items: list[str]) -> Levers:
+        """From NAME=VALUE strings (bench-memory's --lever): 0/1 for switches, a count for ov_streams."""
+        values = {}
+        for item in items:
+            name, _, value = item.partition("=")
+            if name not in cls.__dataclass_fields__ or not value.isdigit():
+                raise ConfigError(f"--lever takes NAME=VALUE with NAME one of {', '.join(cls.__dataclass_fields__)}")
+            default = getattr(cls(), name)
+            values[name] = int(value) if type(default) is int else value == "1"
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class SessionOptions:
     backend: str = "onnxruntime"
     threads: int | None = None
     cache_dir: Path | None = None  # OpenVINO compiled-model cache
     precision_hint: str = "f32"  # OpenVINO inference precision: f32 or bf16
+    levers: Levers = Levers()
 
 
 def _check_io(graph: GraphInfo, actual: list[tuple[str, str, tuple]], kind: str, path: Path) -> None:
@@ -61,6 +112,10 @@ class OrtSession:
         if options.threads:
             settings.intra_op_num_threads = options.threads
         settings.log_severity_level = 3
+        for name, value in options.levers.ort_session().items():
+            setattr(settings, name, value)
+        for key, value in options.levers.ort_config().items():
+            settings.add_session_config_entry(key, value)
         try:
             self._session = ort.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt or missing files
@@ -87,6 +142,7 @@ class OvSession:
         import openvino as ov
 
         self._core = ov.Core()
+        self._core.set_property(options.levers.ov_core())
         if options.cache_dir:
             Path(options.cache_dir).mkdir(parents=True, exist_ok=True)
             self._core.set_property({"CACHE_DIR": str(options.cache_dir)})
@@ -110,21 +166,26 @@ class OvSession:
         _check_io(graph, described(model.inputs), "inputs", path)
         _check_io(graph, described(model.outputs), "outputs", path)
         self.name, self.inputs, self.outputs = graph.name, graph.inputs, graph.outputs
-        self._config = {"INFERENCE_PRECISION_HINT": options.precision_hint, "PERFORMANCE_HINT": "LATENCY"}
+        self._config = {"INFERENCE_PRECISION_HINT": options.precision_hint, "PERFORMANCE_HINT": "LATENCY",
+                        **options.levers.ov_compile()}  # fmt: skip
         if options.threads:
             self._config["INFERENCE_NUM_THREADS"] = options.threads
-        self._compiled: dict[tuple, object] = {}
+        self._shapes: tuple | None = None
+        self._compiled = None
 
-    def _compiled_for(self, feeds: dict[str, np.ndarray]):
-        key = tuple((name, feeds[name].shape) for name in sorted(feeds))
-        if key not in self._compiled:
+    def compile_for(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Compile for these input shapes (a run at other shapes compiles again, dropping this one first)."""
+        key = tuple((name, tuple(shapes[name])) for name in sorted(shapes))
+        if key != self._shapes:
+            self._compiled = self._shapes = None  # the old compiled weights go before the new ones come
             model = self._core.read_model(str(self._path))
-            model.reshape({name: list(array.shape) for name, array in feeds.items()})
-            self._compiled[key] = self._core.compile_model(model, "CPU", self._config)
-        return self._compiled[key]
+            model.reshape({name: list(shape) for name, shape in shapes.items()})
+            self._compiled = self._core.compile_model(model, "CPU", self._config)
+            self._shapes = key
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self._compiled_for(feeds)(feeds)
+        self.compile_for({name: array.shape for name, array in feeds.items()})
+        results = self._compiled(feeds)
         return {spec.name: np.asarray(results[i]) for i, spec in enumerate(self.outputs)}
 
 

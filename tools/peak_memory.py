@@ -2,8 +2,9 @@
 
 RSS alone misleads for model runtimes: weights read through mmap count in RSS but are clean file-backed
 pages the kernel can drop under pressure, while anonymous memory (heap, arenas, repacked weights) is what
-runs a machine out of memory. On Linux a background thread samples /proc/self/status; elsewhere only the
-kernel's maximum RSS is known.
+runs a machine out of memory. On Linux a background thread samples /proc/self/status, and the kernel's own
+high-water mark (VmHWM) catches what happens between samples; `PeakMemory(reset=True)` first resets that mark
+(/proc/self/clear_refs), so the peak is the block's own. Elsewhere only the kernel's lifetime maximum is known.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import resource
 import threading
 from dataclasses import dataclass
 
-_FIELDS = ("RssAnon", "RssFile", "VmRSS")
+_FIELDS = ("RssAnon", "RssFile", "VmRSS", "VmHWM")
 
 
 def _status() -> dict[str, float] | None:
@@ -24,11 +25,28 @@ def _status() -> dict[str, float] | None:
     return values if len(values) == len(_FIELDS) else None
 
 
+def memory_now() -> dict[str, float]:
+    """This process's RSS now, in GiB: {"rss", "anon", "file"} (empty where /proc is missing)."""
+    status = _status()
+    return {"rss": status["VmRSS"], "anon": status["RssAnon"], "file": status["RssFile"]} if status else {}
+
+
+def reset_kernel_peak() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 @dataclass
 class PeakMemory:
     """`with PeakMemory() as peak: ...` then peak.rss_gib, peak.anon_gib, peak.file_gib."""
 
     interval: float = 0.1
+    reset: bool = False  # reset the kernel's high-water mark on entry (else it covers the process's life)
     rss_gib: float = 0.0
     anon_gib: float = 0.0
     file_gib: float = 0.0
@@ -36,7 +54,7 @@ class PeakMemory:
     def _sample(self) -> None:
         status = _status()
         if status:
-            self.rss_gib = max(self.rss_gib, status["VmRSS"])
+            self.rss_gib = max(self.rss_gib, status["VmRSS"], status["VmHWM"] if self._kernel_mark else 0.0)
             self.anon_gib = max(self.anon_gib, status["RssAnon"])
             self.file_gib = max(self.file_gib, status["RssFile"])
 
@@ -46,6 +64,7 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         self._stop = threading.Event()
+        self._kernel_mark = self.reset and reset_kernel_peak()
         self._sample()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()

@@ -18,6 +18,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "instantid_edge.bench.cli:bench",
         "Time every stage of every backend and precision beside PyTorch; results.json, a table and a chart.",
     ),
+    "bench-memory": (
+        "instantid_edge.bench.cli:bench_memory",
+        "Measure where each graph's memory goes (weights mapped/copied, load peak, activations) per size and batch.",
+    ),
     "bench-watermark": (
         "instantid_edge.bench.watermark:bench_watermark",
         "Measure the watermark: detection under JPEG/resize/crop, false positives, PSNR, embed/detect time.",
