@@ -45,6 +45,7 @@ def markdown(results: dict) -> str:
     row("memory mode", [r.get("memory_mode", r["config"].get("memory", "-")) for r in runs])
     memory = [r["memory"] for r in runs]
     row("peak RSS GiB (anonymous)", [f"{m['peak_rss_gib']:.2f} ({m['peak_anon_gib']:.2f})" for m in memory])
+    row("predicted peak GiB (memory_estimate)", [_predicted(r) for r in runs])
     row("size on disk GiB", [f"{r.get('disk_gib', 0):.2f}" for r in runs])
     gemm = results["machine"].get("gemm") or {"fp32": results["machine"]["gemm_gflops"]}
     for stage in ("identitynet", "unet", "decode"):
@@ -110,3 +111,9 @@ def chart(results: dict, path: Path) -> None:
         draw.text((left + 18, y + 2), run["config"]["name"], fill="black")
         y += 20
     image.save(path)
+
+
+def _predicted(run: dict) -> str:
+    """The prediction `--memory auto` makes for the mode the run used (bench runs carry it since issue 12)."""
+    prediction = run.get("memory_plan", {}).get("prediction")
+    return f"{prediction['predicted_peak_gib'][prediction['chosen']]:.2f}" if prediction else "-"

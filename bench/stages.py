@@ -73,7 +73,7 @@ def time_runtime(config: Config) -> dict:
     from ..runtime.pipeline import InstantIDPipeline
 
     face_rgb = default_face_photo()[0]
-    with PeakMemory() as peak:
+    with PeakMemory(reset=True) as peak:
         start = time.perf_counter()
         cache = Path(config.cache_dir) if config.cache_dir else None
         pipe = InstantIDPipeline.load(config.package, config.backend, config.threads, config.face_models, cache,
@@ -84,7 +84,8 @@ def time_runtime(config: Config) -> dict:
         stages.update(_time_denoising_and_decoding(pipe, run, config.repeat))
         stages["end_to_end"] = _time_end_to_end(pipe, face_rgb, run.settings, config.repeat)
     return {"config": asdict(config), "load_seconds": load_seconds, "stages": stages, "memory": peak.to_dict(),
-            "memory_mode": pipe.memory.mode, "batch": run.inputs.batch, "decoder": run.decoder}  # fmt: skip
+            "memory_mode": pipe.memory.mode, "memory_plan": pipe.memory.to_dict(), "batch": run.inputs.batch,
+            "decoder": run.decoder}  # fmt: skip
 
 
 def _time_conditioning(pipe, run, face_rgb, repeat: int) -> dict:
@@ -117,7 +118,8 @@ def _time_denoising_and_decoding(pipe, run, repeat: int) -> dict:
     from ..runtime.noise_prediction import identitynet_feeds, make_noise_predictor, unet_feeds
     from ..runtime.timing import StageTimer
 
-    package, inputs, memory, stages, first = pipe.package, run.inputs, pipe.memory, {}, {}
+    package, memory, stages, first = pipe.package, pipe.memory, {}, {}
+    inputs = run.inputs.halves()[-1] if memory.cfg_split else run.inputs  # the call the run makes
     x = np.concatenate([run.start(0)[0] * np.float32(14.6)] * inputs.batch)
     feeds = identitynet_feeds(inputs, x, 500.0, 0.8)
     begin = time.perf_counter()
@@ -131,15 +133,17 @@ def _time_denoising_and_decoding(pipe, run, repeat: int) -> dict:
     first["unet"] = time.perf_counter() - begin
     stages["unet"] = _timed(lambda: package.session("unet").run(feeds), repeat)
     memory.close("unet", package)
+    calls = len(run.inputs.halves()) if memory.cfg_split else 1
     if memory.closes_after("unet"):
-        total = stages["identitynet"]["median"] + stages["unet"]["median"]
+        total = calls * (stages["identitynet"]["median"] + stages["unet"]["median"])
         stages["denoise_step"] = {"median": total, "kind": "sum (minimal memory: the graphs take turns)"}
     else:
-        eps = make_noise_predictor(package, inputs, run.settings, StageTimer())
+        eps = make_noise_predictor(package, run.inputs, run.settings, StageTimer(), memory)
         stages["denoise_step"] = _timed(lambda: eps(x[:1], 500.0, 0), repeat)
+    stages["denoise_step"]["calls_per_graph"] = calls
     stages["denoise_step"]["first_calls"] = first
     memory.close("denoising", package)
-    stages["decode"] = _timed(lambda: decode(package, x[:1], run.decoder), repeat)
+    stages["decode"] = _timed(lambda: decode(package, x[:1], run.decoder, memory.decode_tile), repeat)
     memory.close("decoding", package)
     if run.decoder != "vae_decoder":  # the full VAE on the same backend, for the ratio
         stages["decode_full"] = _timed(lambda: decode(package, x[:1]), repeat)

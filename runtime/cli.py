@@ -10,7 +10,14 @@ from pathlib import Path
 import click
 
 from .backends import BACKENDS
-from .cli_options import explicit_options, generation_options, memory_option, sampler_options, settings_from_options
+from .cli_options import (
+    MODE_HELP,
+    explicit_options,
+    generation_options,
+    memory_option,
+    sampler_options,
+    settings_from_options,
+)
 from .errors import PackageError
 from .manifest import DECODER_GRAPHS, PROFILE_NAMES
 from .provenance.cli import sign_option
@@ -90,12 +97,12 @@ def timing_table(timings: dict, wall: float) -> str:
     show_default=True,
     help="OpenVINO inference precision (bf16 only where the CPU has it).",
 )
-@memory_option("low: close each graph after its stage; minimal: also one denoiser graph at a time (slow).")
+@memory_option("auto: the fastest mode predicted to fit (see README); " + MODE_HELP)
+@click.option("--memory-budget", type=float, help="GiB auto may plan for (default: physical memory less 15%).")
 @sign_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result and timings as JSON.")
-def generate(
-    package_dir, pose, profile, backend, threads, cache_dir, no_cache, precision, memory, sign_dir, as_json, **options
-):
+def generate(package_dir, pose, profile, backend, threads, cache_dir, no_cache, precision, memory, memory_budget,
+             sign_dir, as_json, **options):  # fmt: skip
     """Generate an identity-preserving portrait from a face photo and a prompt, without PyTorch.
 
     \b
@@ -107,6 +114,8 @@ def generate(
     from .files import save_npy
     from .images import load_rgb
     from .manifest import read_manifest
+    from .memory import process_memory
+    from .memory_estimate import parse_budget
     from .pipeline import InstantIDPipeline
     from .profiles import apply_profile
     from .provenance import write_output
@@ -128,8 +137,9 @@ def generate(
     noise = inputs.load_latents()
     init_rgb = inputs.load_init_image()
     control_rgb = inputs.load_control_images()
+    budget = parse_budget(memory_budget)
     pipe = InstantIDPipeline.load(package_dir, backend, threads, inputs.face_models, cache_dir, precision, memory,
-                                  cache=not no_cache)  # fmt: skip
+                                  cache=not no_cache, memory_budget=budget)  # fmt: skip
     standin = pipe.package.manifest.standin
     if standin:
         click.echo(f"Weights: RANDOM stand-in ({standin['preset']}): not a real model", err=True)
@@ -164,14 +174,16 @@ def generate(
         record_i = {**record, "image_index": index, "seed": settings.seed + index}
         write_output(path, image, record_i, watermarked=result.watermarked, signer=signer)
     wall = time.perf_counter() - start
+    memory_record = {**pipe.memory.to_dict(), "measured_peak_gib": round(process_memory()["peak"] / 2**30, 2)}
     summary = {"outputs": [str(p) for p in paths], "face": chosen, "profile": profile,
                "settings": result.settings.to_dict(), "load_seconds": round(load_seconds, 3),
-               "timings": result.timings, "total_seconds": round(wall, 3)}  # fmt: skip
+               "timings": result.timings, "total_seconds": round(wall, 3), "memory": memory_record}  # fmt: skip
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(chosen, err=True)
         click.echo(f"{'load':12s} {load_seconds:9.3f}", err=True)
+        click.echo(f"memory mode {pipe.memory.mode}, peak RSS {memory_record['measured_peak_gib']:.2f} GiB", err=True)
         click.echo(timing_table(result.timings, wall), err=True)
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
 

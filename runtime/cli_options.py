@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from .errors import ConfigError
-from .memory import MEMORY_MODES
+from .memory import MEMORY_MODES, MODES
 from .sampling import SAMPLER_NAMES, SAMPLERS, SPACINGS
 from .settings import GenerationSettings
 
@@ -109,6 +109,9 @@ def sampler_options(command):
     for option in reversed(_SAMPLER_OPTIONS):
         command = option(command)
     return functools.wraps(command)(command)
+
+
+MODE_HELP = "; ".join(f"{mode.name}: {mode.summary}" for mode in MODES.values()) + "."
 
 
 def memory_option(help_text: str):

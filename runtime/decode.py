@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from .errors import check_finite
+from .manifest import Manifest
 from .package import ModelPackage
 
 OVERLAP = 16  # latents shared by neighbouring tiles (128 pixels with SDXL's VAE)
@@ -51,9 +52,9 @@ def _ramps(starts: list[int], size: int, scale: int) -> list[np.ndarray]:
     return weights
 
 
-def tileable(package: ModelPackage, graph: str = TILED_GRAPH) -> bool:
-    """A decoder exported for one size (static shapes) takes only whole images."""
-    return graph == TILED_GRAPH and all(isinstance(d, str) for d in package.manifest.graph(graph).inputs[0].shape[2:])
+def tileable(manifest: Manifest, graph: str = TILED_GRAPH) -> bool:
+    """Only the full VAE is tiled, and not when exported for one size (static shapes take only whole images)."""
+    return graph == TILED_GRAPH and all(isinstance(d, str) for d in manifest.graph(graph).inputs[0].shape[2:])
 
 
 def _decode_whole(package: ModelPackage, latents: np.ndarray, graph: str) -> np.ndarray:
@@ -67,7 +68,7 @@ def decode_float(
     """latents [1, C, h, w] -> the decoder's image [1, 3, H, W] in [-1, 1]; the full VAE in tiles of at most
     `tile` latents a side when given (other decoders, and static-shape packages, decode whole)."""
     _, _, height, width = latents.shape
-    if tile is None or (height <= tile and width <= tile) or not tileable(package, graph):
+    if tile is None or (height <= tile and width <= tile) or not tileable(package.manifest, graph):
         return _decode_whole(package, latents, graph)
     rows, tile_h = tile_starts(height, tile)
     cols, tile_w = tile_starts(width, tile)

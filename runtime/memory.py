@@ -3,7 +3,8 @@ physical-memory query, the process's memory, and handing freed memory back.
 
     MEMORY_MODES                       what --memory accepts: auto, then the modes, fastest first
     MODES                              name -> Mode: what each mode closes after each stage, and how it runs
-    MemoryPolicy.choose(mode, sizes)   the policy for a mode; "auto" decides from the graphs' weight bytes
+    MemoryPolicy.choose(mode, peaks)   the policy for a mode; "auto" takes the fastest mode whose predicted peak
+                                       (memory_estimate.py) fits the budget
     policy.mode                        normal, low, lean or minimal
     policy.closes_after(stage)         the graphs to close once `stage` is done
     policy.close(stage, package)       close them (nothing in normal mode)
@@ -60,9 +61,6 @@ MODES = {mode.name: mode for mode in (
          "lean, with one denoiser graph open at a time: both reopen every step (slow)"),
 )}  # fmt: skip
 MEMORY_MODES = ("auto", *MODES)
-# Loaded weights take about their file size (more while a backend repacks them); activations, the other graphs
-# and the process come on top: beyond this share of RAM, auto holds fewer graphs at once.
-_AUTO_SHARE = 0.45
 
 
 class _Releases(Protocol):
@@ -78,7 +76,7 @@ def check_mode(mode: str) -> str:
 @dataclass(frozen=True)
 class MemoryPolicy:
     mode: str  # a key of MODES
-    estimate: object | None = field(default=None, compare=False)  # memory_estimate.MemoryPlan when auto chose
+    estimate: object | None = field(default=None, compare=False)  # memory_estimate.MemoryPlan: the prediction
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -86,17 +84,15 @@ class MemoryPolicy:
             raise ConfigError(f"memory mode {self.mode!r} is decided per run; give one of {', '.join(MODES)}")
 
     @classmethod
-    def choose(cls, mode: str, graph_bytes: Mapping[str, int], physical: int | None = None) -> MemoryPolicy:
-        """The policy for `mode`; "auto" compares the graphs' weight bytes (in the format being run) with RAM."""
+    def choose(cls, mode: str, peaks: Mapping[str, int] | None = None, budget: int | None = None) -> MemoryPolicy:
+        """The policy for `mode`; "auto" takes the fastest mode whose predicted peak (`peaks`, bytes per mode)
+        is within `budget` bytes, else the leanest; without a prediction or budget, "low"."""
         check_mode(mode)
         if mode != "auto":
             return cls(mode)
-        physical = physical or physical_memory()
-        if physical is None:
+        if not peaks or budget is None:
             return cls("low")
-        if graph_bytes.get("unet", 0) + graph_bytes.get("identitynet", 0) > _AUTO_SHARE * physical:
-            return cls("minimal")
-        return cls("low" if sum(graph_bytes.values()) > _AUTO_SHARE * physical else "normal")
+        return cls(next((name for name in MODES if name in peaks and peaks[name] <= budget), list(MODES)[-1]))
 
     @property
     def cfg_split(self) -> bool:
@@ -123,7 +119,7 @@ class MemoryPolicy:
     def to_dict(self) -> dict:
         data = {"mode": self.mode}
         if self.estimate is not None:
-            data["auto"] = self.estimate.to_dict()
+            data["prediction"] = self.estimate.to_dict()
         return data
 
 

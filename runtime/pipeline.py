@@ -7,8 +7,9 @@
 Stages: face analysis and the control image (`FaceConditioning`); face tokens (uncond tokens come precomputed in
 the package); text embeddings (cached per prompt); together the noise predictor's `PredictorInputs`; then per
 image the sampler loop over IdentityNet + UNet, the decode (the VAE, or TAESD-XL with `decoder="tiny"`) and the
-invisible watermark (provenance/; opt out with `pipe.watermark = False`). The memory policy (`pipe.memory`)
-closes graphs between stages. `prepare` runs everything before the loop, for callers that time stages apart
+invisible watermark (provenance/; opt out with `pipe.watermark = False`). The memory policy (`pipe.memory`,
+chosen per run under "auto": memory_estimate.py) closes graphs between stages, may split CFG into two calls and
+may decode in tiles. `prepare` runs everything before the loop, for callers that time stages apart
 (bench).
 
 InstantID's app controls (settings.py): face-region control (face_region.py), weighted prompts (text.py),
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import backend, cache_dir
+from .backends import cache_dir
 from .capabilities import Capabilities
 from .controlnets import control_images
 from .decode import decode
@@ -34,7 +35,8 @@ from .face import FaceAnalyzer, FaceConditioning, face_conditioning
 from .face_region import face_region_mask, latent_mask, residual_masks
 from .images import official_size, resize_like_instantid
 from .img2img import init_distribution, sample_latents
-from .memory import MemoryPolicy
+from .memory import MemoryPolicy, check_mode, process_memory
+from .memory_estimate import MemoryModel, RunShape, plan
 from .noise import check_given_noise, image_rng
 from .noise_prediction import ExtraControl, PredictorInputs, make_noise_predictor
 from .package import ModelPackage
@@ -90,10 +92,14 @@ class PreparedRun:
 class InstantIDPipeline:
     watermark = True  # result images carry the invisible watermark; `pipe.watermark = False` opts out
 
-    def __init__(self, package: ModelPackage, analyzer: FaceAnalyzer, memory: str = "normal"):
-        """`memory`: a mode of runtime.memory.MEMORY_MODES ("auto" decides from the graphs' sizes and RAM)."""
-        graph_bytes = package.manifest.graph_bytes(backend(package.options.backend).format)
-        self.memory = MemoryPolicy.choose(memory, graph_bytes)
+    def __init__(
+        self, package: ModelPackage, analyzer: FaceAnalyzer, memory: str = "normal", budget: int | None = None
+    ):
+        """`memory`: a mode of runtime.memory.MEMORY_MODES; "auto" predicts each mode's peak for every run's size
+        and batch and takes the fastest that fits `budget` bytes (default: physical memory less a margin)."""
+        self.memory_mode, self.memory_budget = check_mode(memory), budget
+        self.memory = MemoryPolicy("normal" if memory == "auto" else memory)  # auto decides per run, in prepare
+        self._process = process_memory().get("rss", 0)  # before any graph opens: the base of auto's prediction
         self.package, self.analyzer = package, analyzer
         self.text = TextEncoder(package)
         expected = package.manifest.architecture.embedding_dim
@@ -114,11 +120,19 @@ class InstantIDPipeline:
         precision_hint: str = "f32",
         memory: str = "normal",
         cache: bool = True,
+        memory_budget: int | None = None,
     ) -> InstantIDPipeline:
         """`cache=False` keeps OpenVINO from writing compiled blobs (as large as the weights) to disk."""
         cache_dir = (cache_dir or _openvino_cache()) if cache else None
         options = SessionOptions(backend, threads, cache_dir, precision_hint)
-        return cls(ModelPackage(package, options), FaceAnalyzer(face_models), memory)
+        return cls(ModelPackage(package, options), FaceAnalyzer(face_models), check_mode(memory), memory_budget)
+
+    def plan_memory(self, settings: GenerationSettings, decoder: str) -> MemoryPolicy:
+        """The memory policy of a run of `settings` (validated, with its size), with the predicted peak of each
+        mode (auto chooses by it; the others only report it)."""
+        model = MemoryModel(self.package.manifest, self.package.options.backend)
+        shape = RunShape(settings.height, settings.width, 2 if settings.cfg else 1, decoder)
+        return plan(model, shape, self._process, self.memory_budget, self.memory_mode)
 
     def prepare(
         self,
@@ -139,6 +153,7 @@ class InstantIDPipeline:
         canvas = pose_rgb if pose_rgb is not None else face_rgb
         settings = self._resolve(settings.validate(), canvas, init_rgb is not None)
         width, height = settings.width, settings.height
+        self.memory = self.plan_memory(settings, decoder)
         faces = timer.run("face", face_conditioning, self.analyzer, face_rgb, width, height, pose_rgb)
         shape = self.package.manifest.architecture.latent_shape(height, width)
         if noise is not None:

@@ -26,13 +26,16 @@ def test_bench_runs_every_configuration_and_writes_the_report(tmp_path, tiny_sta
         assert set(run["stages"]) >= {"face", "text", "image_proj", "identitynet", "unet", "denoise_step", "decode",
                                       "end_to_end"}  # fmt: skip
         assert run["memory"]["peak_rss_gib"] > 0 and run["flops"]["unet"] > 0
+        if run["config"]["backend"] != "torch":  # the runtime's prediction for the mode it ran (memory_estimate)
+            prediction = run["memory_plan"]["prediction"]
+            assert prediction["chosen"] == run["memory_mode"] and prediction["predicted_peak_gib"]["normal"] > 0
     gemm = results["machine"]["gemm"]
     assert (
         gemm["fp32"] == max(gemm["numpy"], gemm["onnxruntime"], gemm["openvino"]) > 1 and gemm["onnxruntime_int8"] > 1
     )
     assert results["machine"]["gemm_gflops"] == gemm["fp32"] and results["machine"]["cores"]
     table = (tmp_path / "results.md").read_text()
-    assert "| unet |" in table and "GFLOP/s" in table and "GEMM peak" in table
+    assert "| unet |" in table and "GFLOP/s" in table and "GEMM peak" in table and "| predicted peak GiB" in table
     assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -1,4 +1,4 @@
-"""The memory policy: which mode `auto` picks for which sizes, and which graphs each mode closes when."""
+"""The memory policy: which mode `auto` picks for which predicted peaks, and what each mode closes when."""
 
 from __future__ import annotations
 
@@ -8,26 +8,28 @@ from instantid_edge.runtime.errors import ConfigError
 from instantid_edge.runtime.memory import MEMORY_MODES, STAGES, MemoryPolicy
 
 GIB = 2**30
-SMALL = {"text_encoder": 1, "unet": 1, "identitynet": 1}
 
 
 @pytest.mark.parametrize(
-    "sizes, expected",
+    "peaks, budget, expected",
     [
-        (SMALL, "normal"),
-        ({"unet": 5 * GIB, "identitynet": 4 * GIB, "text_encoder_2": 3 * GIB}, "low"),  # 12 > 0.45 x 24
-        ({"unet": 10 * GIB, "identitynet": 5 * GIB}, "minimal"),  # the denoiser pair alone is over 0.45 x 24
+        ({"normal": 5 * GIB, "low": 4 * GIB, "lean": 3 * GIB, "minimal": 2 * GIB}, 20 * GIB, "normal"),
+        ({"normal": 5 * GIB, "low": 4 * GIB, "lean": 3 * GIB, "minimal": 2 * GIB}, 4 * GIB, "low"),
+        ({"normal": 5 * GIB, "low": 4 * GIB, "lean": 3 * GIB, "minimal": 2 * GIB}, 3.5 * GIB, "lean"),
+        ({"normal": 5 * GIB, "low": 4 * GIB, "lean": 3 * GIB, "minimal": 2 * GIB}, 2 * GIB, "minimal"),
+        ({"normal": 5 * GIB, "low": 4 * GIB, "lean": 3 * GIB, "minimal": 2 * GIB}, 1 * GIB, "minimal"),  # none fits
+        (None, 8 * GIB, "low"),  # no prediction: the safe middle
     ],
 )
-def test_auto_decides_from_the_graphs_weight_bytes_against_physical_memory(sizes, expected):
-    assert MemoryPolicy.choose("auto", sizes, physical=24 * GIB).mode == expected
+def test_auto_takes_the_fastest_mode_whose_predicted_peak_fits(peaks, budget, expected):
+    assert MemoryPolicy.choose("auto", peaks, budget).mode == expected
 
 
 def test_explicit_modes_are_kept_and_unknown_ones_refused():
     modes = ["normal", "low", "lean", "minimal"]
-    assert [MemoryPolicy.choose(mode, SMALL).mode for mode in MEMORY_MODES[1:]] == modes
+    assert [MemoryPolicy.choose(mode).mode for mode in MEMORY_MODES[1:]] == modes
     with pytest.raises(ConfigError, match="memory mode must be one of auto, normal, low, lean, minimal"):
-        MemoryPolicy.choose("tiny", SMALL)
+        MemoryPolicy.choose("tiny")
 
 
 def test_each_mode_closes_what_it_promises_after_each_stage():
