@@ -130,7 +130,8 @@ class InstantIDPipeline:
     def plan_memory(self, settings: GenerationSettings, decoder: str) -> MemoryPolicy:
         """The memory policy of a run of `settings` (validated, with its size), with the predicted peak of each
         mode (auto chooses by it; the others only report it)."""
-        model = MemoryModel(self.package.manifest, self.package.options.backend)
+        options = self.package.options
+        model = MemoryModel(self.package.manifest, options.backend, cache=options.cache_dir is not None)
         shape = RunShape(settings.height, settings.width, 2 if settings.cfg else 1, decoder)
         return plan(model, shape, self._process, self.memory_budget, self.memory_mode)
 

@@ -47,6 +47,17 @@ def test_the_liveness_peak_counts_the_tensors_alive_at_once():
     assert live_peak_bytes(ov.Model([ops.relu(ops.relu(x))], [x])) == 2 * 1024  # the first dies at the second
 
 
+def test_a_warm_openvino_cache_raises_the_predicted_load_peak(runtime_package):
+    from instantid_edge.runtime.manifest import read_manifest
+    from instantid_edge.runtime.memory import MODES
+    from instantid_edge.runtime.memory_estimate import MemoryModel, RunShape
+
+    manifest, shape = read_manifest(runtime_package), RunShape(256, 256, 2)
+    for backend, higher in (("openvino", True), ("onnxruntime", False)):
+        cold, warm = (MemoryModel(manifest, backend, cache).peak(MODES["low"], shape, 0) for cache in (False, True))
+        assert (warm > cold) if higher else (warm == cold), (backend, cold, warm)
+
+
 def _check(record: dict, memory: str) -> None:
     predicted = record["prediction"]["predicted_peak_gib"][record["mode"]]
     measured = record["measured_peak_gib"]
