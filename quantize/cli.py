@@ -24,7 +24,7 @@ def fidelity_table(quantization: dict) -> str:
 
 @click.command()
 @click.argument("package", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="The int8 package folder to create.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The package folder to create.")
 @click.option("--method", type=click.Choice(METHODS), default="hybrid", show_default=True)
 @click.option("--graphs", help="Comma-separated graph names to quantize (default: the method's policy).")
 @click.option(
@@ -42,11 +42,12 @@ def fidelity_table(quantization: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the quantization record as JSON.")
 def quantize(package, out, method, graphs, calibration_faces, calibration_prompts, samples, calibration_size,
              face_models, check, as_json):  # fmt: skip
-    """Make an int8 model package: calibrated on runs of the runtime pipeline, fidelity measured.
+    """Make an int8 or int4 model package: calibrated on runs of the runtime pipeline, fidelity measured.
 
     \b
     Methods: weights (int8 weights, float compute), hybrid (int8 weights for MatMul/Gather, full int8 for
-    convolutions), full (int8 weights and activations). The VAE and the image adapter stay fp32.
+    convolutions), full (int8 weights and activations), int4 (4-bit MatMul weights in groups of 64; convolutions
+    and text encoders int8 weights). The VAE and the image adapter stay fp32.
     Example:
       instantid-edge quantize pkg --out pkg-int8 --method hybrid --calibration-faces photos/ --check
     """

@@ -6,7 +6,8 @@ and on a weight) that ONNX Runtime fuses into one of those, and an OpenVINO Fake
 Convolution/MatMul whose weight is stored as int8. Such a kernel is exact on every x86 CPU only if its weights
 stay within -SAFE_INT8_WEIGHT..SAFE_INT8_WEIGHT (runtime/cpu.py), or if they are uint8 (u8 x u8 kernel).
 Weights dequantized to float for float compute (our `weights` method's Conv, NNCF weight compression) run no
-integer kernel and are not checked.
+integer kernel and are not checked. ONNX Runtime's 4-bit `MatMulNBits` at accuracy level 4 quantizes its
+activations to int8 and runs integer kernels: its |code - zero point| (at most 8) is checked like an int8 weight.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _FLOAT_OPS = ("MatMul", "Conv", "Gemm")
 @dataclass(frozen=True)
 class IntegerKernel:
     node: str
-    weight_dtype: str  # "int8" or "uint8"
+    weight_dtype: str  # "int8", "uint8" or "int4"
     max_abs_weight: int  # |weight - zero point|, over the whole tensor
 
     @property
@@ -67,12 +68,28 @@ def _kernel(node_name: str, weight: np.ndarray, zero_point: np.ndarray | None) -
     return IntegerKernel(node_name, str(weight.dtype), int(centred.max()))
 
 
+def _nbits_kernel(node, read) -> IntegerKernel | None:
+    """MatMulNBits with 4-bit codes and integer compute (accuracy_level 4); None when it computes in float."""
+    attributes = {a.name: a.i for a in node.attribute if a.name in ("bits", "accuracy_level")}
+    if attributes.get("accuracy_level", 0) != 4:
+        return None
+    if attributes.get("bits") != 4 or (len(node.input) > 3 and node.input[3]):
+        raise ExportError(f"{node.name}: only symmetric 4-bit MatMulNBits (no zero points) is checked here")
+    packed = np.asarray(read(node.input[1]))
+    codes = np.concatenate([packed & 0x0F, packed >> 4]).astype(np.int64)
+    return IntegerKernel(node.name, "int4", int(np.abs(codes - 8).max()) if codes.size else 0)
+
+
 def onnx_integer_kernels(model_path: Path) -> list[IntegerKernel]:
     model, read = _onnx_reader(Path(model_path))
     producers = {out: node for node in model.graph.node for out in node.output}
     kernels = []
     for node in model.graph.node:
-        if node.op_type in _INTEGER_OPS:
+        if node.op_type == "MatMulNBits":
+            kernel = _nbits_kernel(node, read)
+            if kernel is not None:
+                kernels.append(kernel)
+        elif node.op_type in _INTEGER_OPS:
             w_index, zp_index = _INTEGER_OPS[node.op_type]
             weight = read(node.input[w_index])
             if weight is not None:

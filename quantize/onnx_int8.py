@@ -1,6 +1,7 @@
 """int8 ONNX with onnxruntime.quantization: dynamic int8 MatMul, or static QDQ with calibration.
 
 "weights": our streaming rewrite (onnx_weights): weight MatMuls dynamic int8, convolution weights int8.
+"int4": the same rewrite with the weight MatMuls as 4-bit MatMulNBits (onnx_int4).
 "hybrid": convolutions static QDQ (calibrated, onnxruntime.quantization), then weight MatMuls dynamic int8.
 "full": static QDQ for convolutions and weight MatMuls.
 Static QDQ weights are 7-bit (`reduce_range`): ONNX Runtime fuses each QDQ pair into a u8 x s8 integer kernel,
@@ -55,8 +56,10 @@ def quantize_onnx(source: Path, target: Path, action: str, samples: list[dict], 
 
     from .onnx_weights import quantize_weights
 
-    if action == "weights":
-        quantize_weights(source, target, keep_float)
+    if action in ("weights", "int4"):
+        from .policy import INT4
+
+        quantize_weights(source, target, keep_float, int4=INT4 if action == "int4" else None)
         return
     exclude = _excluded(source, keep_float)
     # onnxruntime.quantization prints every node it visits to stdout

@@ -9,6 +9,8 @@ Convolutions keep float compute with int8 weights: W = DequantizeLinear(W_q, W_s
 Embedding tables (Gather) stay int8 in memory: rows are gathered as int8, then scaled by their row's scale.
 Weights are symmetric int8, one scale per output channel. onnxruntime.quantization does the same rewrite
 in memory and needs two copies of the model: over 21 GiB for the SDXL UNet here.
+With `int4` (the int4 method) those MatMuls become ONNX Runtime's MatMulNBits instead (onnx_int4.py):
+4-bit weights in groups along K, convolutions and embeddings staying int8 as above.
 """
 
 from __future__ import annotations
@@ -130,15 +132,18 @@ def _dequantized_weight(node, weight: str) -> list:
 
 
 def quantize_weights(
-    source: Path, target: Path, keep_float: list[str], matmul_limit: int = SAFE_INT8_WEIGHT
+    source: Path, target: Path, keep_float: list[str], matmul_limit: int = SAFE_INT8_WEIGHT, int4=None
 ) -> dict[str, int]:
     """Rewrite `source` as `target` (+ target.data) with int8 weights; returns counts of rewritten layers.
 
     `matmul_limit` bounds the integer MatMuls' weights; anything above SAFE_INT8_WEIGHT is exact only on CPUs
-    with VNNI (a parameter so that bench and tests can measure what the bound costs).
+    with VNNI (a parameter so that bench and tests can measure what the bound costs). `int4` (a policy.Int4Rule)
+    makes the MatMuls 4-bit MatMulNBits instead.
     """
     import onnx
     from onnx import TensorProto
+
+    from .onnx_int4 import DOMAIN, nbits_matmul
 
     model = onnx.load(str(source), load_external_data=False)
     graph = model.graph
@@ -157,7 +162,12 @@ def quantize_weights(
                 weight is not None and weight.data_type == TensorProto.FLOAT and uses.get(name) == 1
                 and not any(re.fullmatch(p, node.name) for p in keep_float)
             )  # fmt: skip
-            if eligible and node.op_type == "MatMul" and len(weight.dims) == 2:
+            group = int4.group_for(weight.dims[0]) if int4 is not None and weight is not None and weight.dims else None
+            if eligible and node.op_type == "MatMul" and len(weight.dims) == 2 and group:
+                tensors, nodes = nbits_matmul(node, name, store.read(weight), group, int4.accuracy_level)
+                new_initializers += [store.write(n, array) for n, array in tensors]
+                new_nodes += nodes
+            elif eligible and node.op_type == "MatMul" and len(weight.dims) == 2:
                 w_q, w_scale = symmetric_int8(store.read(weight), axis=1, limit=matmul_limit)
                 new_initializers += [store.write(name + "_int8", w_q), store.write(name + "_scale", w_scale)]
                 new_nodes += _dynamic_matmul(node, name, node.name or name)
@@ -185,5 +195,7 @@ def quantize_weights(
     graph.initializer.extend(new_initializers)
     if not any(opset.domain in ("", "ai.onnx") and opset.version >= 13 for opset in model.opset_import):
         raise ValueError("per-channel DequantizeLinear needs opset 13 or newer")
+    if int4 is not None and not any(opset.domain == DOMAIN for opset in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
     onnx.save(model, str(target))
     return counts

@@ -1,4 +1,4 @@
-"""int8 OpenVINO IR with NNCF: weight compression, hybrid, or full post-training quantization.
+"""int8 (and int4) OpenVINO IR with NNCF: weight compression, hybrid, or full post-training quantization.
 
 Calibrated (integer) layers get NNCF's overflow fix in every layer, not only the first (its default): weights
 in half the int8 range, so the u8 x s8 kernels of CPUs without VNNI cannot saturate (runtime/cpu.py).
@@ -36,6 +36,19 @@ def quantize_openvino(
         model = nncf.compress_weights(
             model, mode=nncf.CompressWeightsMode.INT8_ASYM,
             ignored_scope=nncf.IgnoredScope(types=["Convolution"], patterns=keep_float, validate=False),
+        )  # fmt: skip
+    elif action == "int4":
+        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+        from .policy import INT4
+
+        # all_layers: the last MatMul too (NNCF would keep it int8; the ONNX rewrite has no such exception).
+        # Convolutions go to the int8 backup whatever the mode.
+        fallback = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
+                                                 min_adjusted_group_size=INT4.min_group_size)  # fmt: skip
+        model = nncf.compress_weights(
+            model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=INT4.group_size, ratio=1.0, all_layers=True,
+            backup_mode=nncf.BackupMode.INT8_ASYM, ignored_scope=keep, advanced_parameters=fallback,
         )  # fmt: skip
     elif action == "full":
         model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), ignored_scope=keep,

@@ -1,4 +1,4 @@
-"""`quantize`: a model package -> a new int8 package, calibrated on real pipeline runs, fidelity recorded.
+"""`quantize`: a model package -> a new int8 or int4 package, calibrated on real pipeline runs, fidelity recorded.
 
 Calibration and held-out inputs are captured by running the runtime pipeline (no torch) on face photos and
 prompts. Untouched files are hard-linked from the source package (copied across filesystems); quantized
@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..runtime.backends import BACKENDS, backend, backend_for_format
@@ -29,7 +29,7 @@ from ..tools.peak_memory import PeakMemory
 from .calibrate import Recording, calibration_faces, calibration_prompts, record
 from .fidelity import end_to_end, graph_fidelity, run_all
 from .integer_kernels import integer_kernel_record
-from .policy import KEEP_FLOAT, policy_for
+from .policy import INT4, KEEP_FLOAT, PRECISION, policy_for
 
 
 @dataclass(frozen=True)
@@ -94,24 +94,28 @@ def _quantize_graph(name, action, graph: GraphInfo, source: Path, work: Path, sa
         quantize(source / entries[0]["path"], target, action, samples, keep)
         files[fmt] = [file_entry(work, p) for p in backend_for_format(fmt).files(work / name)]
         kernels[fmt] = integer_kernel_record(fmt, target)
-        log(f"{name}: {fmt} {action} int8 in {time.perf_counter() - clock:.1f} s")
+        log(f"{name}: {fmt} {action} ({PRECISION[action]}) in {time.perf_counter() - clock:.1f} s")
+    streamed = action in ("weights", "int4")  # our tensor-by-tensor ONNX rewrite
     quantization = {
         "action": action,
         "keep_float": keep,
-        "calibration_samples": len(samples) if action != "weights" else 0,
-        "tools": {"onnx": "onnxruntime.quantization", "openvino": "nncf"},
+        "calibration_samples": len(samples) if action in ("hybrid", "full") else 0,
+        "tools": {
+            "onnx": "instantid-edge onnx_weights" if streamed else "onnxruntime.quantization",
+            "openvino": "nncf",
+        },  # fmt: skip
         "integer_kernels": kernels,
     }
-    return replace(
-        graph, precision="int8" if action != "fp32" else graph.precision, files=files, quantization=quantization
-    )
+    if action == "int4":
+        quantization["int4"] = asdict(INT4)
+    return replace(graph, precision=PRECISION[action], files=files, quantization=quantization)
 
 
 def quantize_package(request: QuantizeRequest, log: Callable[[str], None] = print) -> dict:
     with PeakMemory() as peak:
         report = _quantize(request, log)
     report["memory"] = peak.to_dict()
-    log(f"int8 package written to {request.out}; {peak}")
+    log(f"{request.method} package written to {request.out}; {peak}")
     return report
 
 
@@ -198,7 +202,7 @@ def _quantize_graphs(request, manifest: Manifest, policy, work: Path, calibratio
 
 
 def _end_to_end(request, graphs: dict[str, GraphInfo], work: Path, held_out_job) -> dict:
-    """Per backend: the held-out image from the fp32 package against the int8 one."""
+    """Per backend: the held-out image from the fp32 package against the quantized one."""
     end = {}
     face, settings = held_out_job
     for fmt in sorted({fmt for graph in graphs.values() for fmt in graph.files}):

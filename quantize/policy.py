@@ -2,17 +2,20 @@
 
 Actions: "fp32" (left as is), "weights" (int8 weights, float compute: MatMul/Gather weights in OpenVINO,
 dynamic int8 MatMul in ONNX Runtime), "hybrid" (int8 weights for MatMul/Gather, full int8 with calibrated
-activations for convolutions), "full" (int8 weights and calibrated activations everywhere allowed).
+activations for convolutions), "full" (int8 weights and calibrated activations everywhere allowed), "int4"
+(4-bit MatMul weights in groups, as INT4 says; convolutions and embeddings int8 weights).
 The VAE stays fp32 (int8 gives artefacts and NaN-prone decodes); the image adapter is small and stays fp32;
 the text encoders get int8 weights only (activation quantization hurts them for little gain).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..runtime.errors import ConfigError
 
-METHODS = ("weights", "hybrid", "full")
-ACTIONS = ("fp32", "weights", "hybrid", "full")
+METHODS = ("weights", "hybrid", "full", "int4")
+ACTIONS = ("fp32", "weights", "hybrid", "full", "int4")
 
 _TEXT = {"text_encoder": "weights", "text_encoder_2": "weights"}
 _FLOAT = {"image_proj": "fp32", "vae_decoder": "fp32", "vae_encoder": "fp32"}
@@ -20,7 +23,37 @@ POLICIES = {
     "weights": {"unet": "weights", "identitynet": "weights", **_TEXT, **_FLOAT},
     "hybrid": {"unet": "hybrid", "identitynet": "hybrid", **_TEXT, **_FLOAT},
     "full": {"unet": "full", "identitynet": "full", **_TEXT, **_FLOAT},
+    # the text encoders keep int8: their weights are a sixth of the denoisers' and their outputs steer every step
+    "int4": {"unet": "int4", "identitynet": "int4", **_TEXT, **_FLOAT},
 }
+PRECISION = {"fp32": "fp32", "weights": "int8", "hybrid": "int8", "full": "int8", "int4": "int4"}  # per action
+
+
+@dataclass(frozen=True)
+class Int4Rule:
+    """What the int4 action does, the same on both backends (NNCF INT4_SYM for OpenVINO, MatMulNBits for ONNX).
+
+    MatMul weights: 4-bit symmetric, one scale per `group_size` weights along K. Where K is not a multiple, the
+    largest power of two below it that divides K, down to `min_group_size` (NNCF's ADJUST fallback); below that
+    the MatMul stays int8. Convolutions (NNCF keeps them in its int8 backup) and embedding tables: int8 weights.
+    """
+
+    group_size: int = 64  # divides every SDXL width (320, 640, 1280, 2048, 5120); 128 would not divide 320
+    min_group_size: int = 16
+    convolutions: str = "int8"
+    embeddings: str = "int8"
+    accuracy_level: int = 4  # ONNX Runtime: int8 activations per group, integer dot products (onnx_int4.py)
+
+    def group_for(self, k: int) -> int | None:
+        group = self.group_size
+        while group >= self.min_group_size:
+            if k % group == 0:
+                return group
+            group //= 2
+        return None
+
+
+INT4 = Int4Rule()
 
 # Layers that stay float whatever the method (regular expressions over node names). IdentityNet's first
 # convolutions: quantizing the one on the latents "impacts the generation results" (OpenVINO's InstantID

@@ -130,6 +130,12 @@ def weights_package(tmp_path_factory, runtime_package, face_pack) -> Path:
 
 
 @pytest.fixture(scope="session")
+def int4_package(tmp_path_factory, runtime_package, face_pack) -> Path:
+    """The tiny package quantized with `--method int4` (both formats)."""
+    return _int8_package(tmp_path_factory, runtime_package, face_pack, "int4")
+
+
+@pytest.fixture(scope="session")
 def hybrid_package(tmp_path_factory, runtime_package, face_pack) -> Path:
     """The tiny package quantized with `--method hybrid`: calibrated integer convolutions in both formats."""
     return _int8_package(tmp_path_factory, runtime_package, face_pack, "hybrid")
