@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..runtime.manifest import PROFILE_NAMES
 from .policy import METHODS
 
 
@@ -37,11 +38,15 @@ def fidelity_table(quantization: dict) -> str:
 @click.option(
     "--calibration-size", type=int, default=512, show_default=True, help="Pixels, for dynamic-shape packages."
 )
+@click.option(
+    "--profile", type=click.Choice(PROFILE_NAMES),
+    help="Run profile to calibrate with (default: fast if a few-step distillation is fused, else quality, 4 steps).",
+)  # fmt: skip
 @click.option("--face-models", type=click.Path(path_type=Path), help="Face pack folder (must match the package).")
 @click.option("--check", is_flag=True, help="Print the measured fidelity (also recorded in the manifest).")
 @click.option("--json", "as_json", is_flag=True, help="Print the quantization record as JSON.")
 def quantize(package, out, method, graphs, calibration_faces, calibration_prompts, samples, calibration_size,
-             face_models, check, as_json):  # fmt: skip
+             profile, face_models, check, as_json):  # fmt: skip
     """Make an int8 or int4 model package: calibrated on runs of the runtime pipeline, fidelity measured.
 
     \b
@@ -57,7 +62,7 @@ def quantize(package, out, method, graphs, calibration_faces, calibration_prompt
         package=package, out=out, method=method,
         graphs=tuple(g.strip() for g in graphs.split(",") if g.strip()) if graphs else None,
         calibration_faces=calibration_faces, calibration_prompts=calibration_prompts, samples=samples,
-        face_models=face_models, calibration_size=calibration_size,
+        face_models=face_models, calibration_size=calibration_size, profile=profile,
     )  # fmt: skip
     report = quantize_package(request, log=lambda line: click.echo(line, err=True))
     if as_json:

@@ -23,6 +23,7 @@ from ..runtime.files import atomic_folder, require_new_folder
 from ..runtime.manifest import MANIFEST, GraphInfo, Manifest, file_entry, read_manifest, sha256_of
 from ..runtime.memory import release_memory
 from ..runtime.pipeline import InstantIDPipeline
+from ..runtime.profiles import apply_profile, package_profiles
 from ..runtime.session import SessionOptions, open_session
 from ..runtime.settings import GenerationSettings
 from ..tools.peak_memory import PeakMemory
@@ -43,7 +44,8 @@ class QuantizeRequest:
     samples: int = 16  # calibration inputs per calibrated graph
     face_models: Path | None = None
     calibration_size: int = 512  # pixels, square, for packages with dynamic shapes
-    steps: int = 4  # denoising steps per calibration image
+    steps: int = 4  # denoising steps per calibration image in the quality profile (fast keeps its own)
+    profile: str | None = None  # run profile the inputs are captured with; None: fast when the package has it
 
 
 def _link_tree(source: Path, target: Path) -> None:
@@ -59,9 +61,19 @@ def _link_tree(source: Path, target: Path) -> None:
                 shutil.copy2(path, destination)
 
 
-def _calibration_jobs(faces, prompts, request: QuantizeRequest, size: tuple[int, int]):
-    images = max(1, math.ceil(request.samples / request.steps))
-    settings = GenerationSettings(prompt="", steps=request.steps, guidance=5.0, width=size[0], height=size[1])
+def calibration_profile(request: QuantizeRequest, manifest: Manifest) -> str:
+    """The profile whose sampling the inputs come from: a fused few-step UNet is calibrated the way it runs."""
+    if request.profile is not None:
+        return request.profile
+    return "fast" if package_profiles(manifest)["fast"].unavailable is None else "quality"
+
+
+def _calibration_jobs(faces, prompts, request: QuantizeRequest, manifest: Manifest, size: tuple[int, int]):
+    profile = calibration_profile(request, manifest)
+    base = GenerationSettings(prompt="", steps=request.steps, width=size[0], height=size[1])
+    # the quality profile's 30 steps would make calibration 7x slower for inputs that 4 steps already span
+    settings = apply_profile(base, manifest, profile, explicit={"steps"} if profile == "quality" else set())
+    images = max(1, math.ceil(request.samples / settings.steps))
     calibration = [(faces[i % len(faces)][1], replace(settings, prompt=prompts[i % len(prompts)], seed=i))
                    for i in range(images)]  # fmt: skip
     held_out = (faces[-1][1], replace(settings, prompt=prompts[-1], seed=10_000))
@@ -128,7 +140,7 @@ def _quantize(request: QuantizeRequest, log) -> dict:
     policy = policy_for(request.method, list(request.graphs) if request.graphs else None, list(manifest.graphs))
     faces, prompts = calibration_faces(request.calibration_faces), calibration_prompts(request.calibration_prompts)
     size = manifest.static_size or (request.calibration_size,) * 2
-    calibration_jobs, held_out_job = _calibration_jobs(faces, prompts, request, size)
+    calibration_jobs, held_out_job = _calibration_jobs(faces, prompts, request, manifest, size)
     calibration, held_out = _record_inputs(request, manifest, policy, calibration_jobs, held_out_job, log)
 
     with atomic_folder(request.out) as work:
@@ -146,7 +158,9 @@ def _quantize(request: QuantizeRequest, log) -> dict:
                 "prompts": len(prompts),
                 "images": len(calibration_jobs),
                 "size": list(size),
-                "steps": request.steps,
+                "profile": calibration_profile(request, manifest),
+                "steps": calibration_jobs[0][1].steps,
+                "guidance": calibration_jobs[0][1].guidance,
                 "samples": {
                     name: min(len(v), request.samples)
                     for name, v in calibration.feeds.items()
@@ -177,7 +191,7 @@ def _record_inputs(request, manifest: Manifest, policy, calibration_jobs, held_o
     del pipe  # every session closed before the quantizers load their graphs
     release_memory()
     settings = calibration_jobs[0][1]
-    log(f"calibration: {len(calibration_jobs)} image(s) at {settings.width}x{settings.height}, {request.steps} steps, "
+    log(f"calibration: {len(calibration_jobs)} image(s) at {settings.width}x{settings.height}, {settings.steps} steps, "
         f"in {time.perf_counter() - clock:.1f} s")  # fmt: skip
     return calibration, held_out
 

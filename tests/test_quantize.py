@@ -92,7 +92,31 @@ def test_bad_input_is_refused_clearly(tmp_path, runtime_package, face_pack):
     (tmp_path / "faces").mkdir()
     result = _cli(runtime_package, "--out", out, "--calibration-faces", tmp_path / "faces", "--face-models", face_pack)
     assert result.exit_code == 1 and "holds no images" in result.output
+    result = _cli(runtime_package, "--out", out, "--profile", "fast", "--face-models", face_pack)
+    assert result.exit_code == 1 and "--profile fast is unavailable" in result.output
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_calibration_runs_the_way_the_package_is_meant_to_run(runtime_package, fast_package, tmp_path):
+    from instantid_edge.quantize.package import QuantizeRequest, _calibration_jobs
+    from instantid_edge.runtime.manifest import read_manifest
+
+    def first_job(package, **fields):
+        request = QuantizeRequest(package=package, out=tmp_path / "out", samples=8, **fields)
+        jobs, held_out = _calibration_jobs([("face", None)], ["a", "b"], request, read_manifest(package), (128, 128))
+        assert held_out[1].steps == jobs[0][1].steps
+        return len(jobs), jobs[0][1]
+
+    # a fused few-step UNet: the distillation's own sampling (4-step Lightning: trailing Euler, no CFG)
+    images, fast = first_job(fast_package)
+    assert (images, fast.steps, fast.guidance, fast.timestep_spacing) == (2, 4, 0.0, "trailing")
+    assert fast.decoder == "tiny"
+    # no distillation: upstream's sampling, 4 steps spanning the schedule, with CFG (batch 2)
+    images, quality = first_job(runtime_package)
+    assert (images, quality.steps, quality.guidance, quality.decoder) == (2, 4, 5.0, "full")
+    # asked for: the fused package's quality profile is its distillation's sampling with the full decoder
+    images, quality = first_job(fast_package, profile="quality")
+    assert (quality.guidance, quality.decoder) == (0.0, "full")
 
 
 def test_quantizing_does_not_touch_the_source_package(runtime_package, weights_package):
