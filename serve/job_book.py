@@ -14,33 +14,19 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import JobNotFound, NotFinished
-from .jobs import EngineMetrics, JobError, JobEvent, JobState, JobStatus
+from .jobs import EngineMetrics, JobError, JobEvent, JobState, JobStatus, TrackedJob
 
 
-@dataclass(eq=False)
-class JobRecord:
-    id: str
+@dataclass(eq=False, kw_only=True)
+class JobRecord(TrackedJob):
     settings: dict[str, Any]  # what the job runs with (resolved seed, style, profile)
-    total: int
     replica: str
     node: str
-    created: float
-    state: JobState = JobState.QUEUED
     queue_position: int | None = None
-    step: int = 0
-    started: float | None = None
-    finished: float | None = None
-    expires: float | None = None
-    expires_at: float = math.inf  # monotonic, for the sweep
-    cancel_requested: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-    error: JobError | None = None
-    image: bytes | None = None
-    events: list[JobEvent] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -97,7 +83,8 @@ class JobBook:
     def add(self, job_id: str, settings: dict, total: int, replica: str, node: str, position: int) -> None:
         self._sweep()
         self._pending = max(0, self._pending - 1)  # the job holds its slot itself now, until it finishes
-        job = JobRecord(job_id, settings, total, replica, node, time.time(), queue_position=position)
+        job = JobRecord(id=job_id, settings=settings, total=total, replica=replica, node=node, created=time.time(),
+                        queue_position=position)  # fmt: skip
         self._jobs[job_id] = job
         self._publish(job, "queued", {"queue_position": position})
 
@@ -215,20 +202,4 @@ class JobBook:
             del self._jobs[job_id]
 
     def _status(self, job: JobRecord) -> JobStatus:
-        return JobStatus(
-            id=job.id,
-            state=job.state,
-            queue_position=job.queue_position,
-            step=job.step,
-            total=job.total,
-            created=job.created,
-            started=job.started,
-            finished=job.finished,
-            expires=job.expires,
-            cancel_requested=job.cancel_requested,
-            settings=dict(job.settings),
-            timings=dict(job.timings),
-            error=job.error,
-            replica=job.replica,
-            node=job.node,
-        )
+        return job.status(dict(job.settings), job.queue_position, replica=job.replica, node=job.node)

@@ -6,6 +6,7 @@ FastAPI derives the API's response schemas from them: one definition for the eng
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -64,6 +65,35 @@ class JobStatus:
     error: JobError | None = None
     replica: str | None = None  # the replica that holds the job, where replicas run it (None: this process)
     node: str | None = None  # the cluster node of that replica
+
+
+@dataclass(eq=False, kw_only=True)
+class TrackedJob:
+    """What every engine keeps of a job while it lives (progress, outcome, image, events); engines add the rest."""
+
+    id: str
+    created: float  # Unix seconds
+    total: int
+    state: JobState = JobState.QUEUED
+    step: int = 0
+    started: float | None = None
+    finished: float | None = None
+    expires: float | None = None  # wall clock, for clients
+    expires_at: float = math.inf  # monotonic, for the sweep
+    cancel_requested: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    error: JobError | None = None
+    image: bytes | None = None
+    events: list[JobEvent] = field(default_factory=list)
+
+    def status(self, settings: dict[str, Any], queue_position: int | None, **placement) -> JobStatus:
+        """The client's view; `placement` is where replicas run it (replica, node)."""
+        return JobStatus(
+            id=self.id, state=self.state, queue_position=queue_position, step=self.step, total=self.total,
+            created=self.created, started=self.started, finished=self.finished, expires=self.expires,
+            cancel_requested=self.cancel_requested, settings=settings, timings=dict(self.timings), error=self.error,
+            **placement,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

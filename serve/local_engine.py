@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from instantid_edge.runtime.errors import InstantIDError
@@ -26,7 +26,7 @@ from .errors import JobNotFound, NotFinished, NotReady, QueueFull, job_error_cod
 from .event_hub import EventHub
 from .job_run import Cancelled, DeadlineExceeded, check_faces, run_job, status_settings
 from .job_settings import job_settings
-from .jobs import EngineMetrics, JobError, JobEvent, JobRequest, JobState, JobStatus, Readiness, Submitted
+from .jobs import EngineMetrics, JobError, JobEvent, JobRequest, JobState, JobStatus, Readiness, Submitted, TrackedJob
 
 log = logging.getLogger("instantid_edge.serve")
 
@@ -41,25 +41,11 @@ class EngineConfig:
     sign_dir: Path | None = None  # C2PA signer folder (`provenance init`); None: $INSTANTID_EDGE_SIGNER, else unsigned
 
 
-@dataclass(eq=False)
-class _Job:
-    id: str
+@dataclass(eq=False, kw_only=True)
+class _Job(TrackedJob):
     request: JobRequest | None  # the photos: dropped when the job starts running
     settings: object  # GenerationSettings
     style: str | None
-    created: float
-    total: int
-    state: JobState = JobState.QUEUED
-    step: int = 0
-    started: float | None = None
-    finished: float | None = None
-    expires: float | None = None  # wall clock, for clients
-    expires_at: float = math.inf  # monotonic, for the sweep
-    cancel_requested: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-    error: JobError | None = None
-    image: bytes | None = None
-    events: list[JobEvent] = field(default_factory=list)
 
 
 class LocalEngine:
@@ -140,7 +126,8 @@ class LocalEngine:
             await anyio.to_thread.run_sync(self._check_faces, request, limiter=self._check_limiter)
             with self._lock:
                 self._check_capacity_locked()
-                job = _Job(secrets.token_urlsafe(16), request, settings, request.style, time.time(), settings.steps)
+                job = _Job(id=secrets.token_urlsafe(16), request=request, settings=settings, style=request.style,
+                           created=time.time(), total=settings.steps)  # fmt: skip
                 self._jobs[job.id] = job
                 self._queue.append(job.id)
                 position = len(self._queue)
@@ -337,18 +324,4 @@ class LocalEngine:
 
     def _status_locked(self, job: _Job) -> JobStatus:
         position = self._queue.index(job.id) + 1 if job.state is JobState.QUEUED else None
-        return JobStatus(
-            id=job.id,
-            state=job.state,
-            queue_position=position,
-            step=job.step,
-            total=job.total,
-            created=job.created,
-            started=job.started,
-            finished=job.finished,
-            expires=job.expires,
-            cancel_requested=job.cancel_requested,
-            settings=status_settings(job.settings, job.style, self.config.profile),
-            timings=dict(job.timings),
-            error=job.error,
-        )
+        return job.status(status_settings(job.settings, job.style, self.config.profile), position)
