@@ -28,7 +28,7 @@ def _list(text: str) -> tuple[str, ...]:
 @click.option("--package", "packages", multiple=True, type=click.Path(path_type=Path), help="Model package(s) to time.")
 @click.option("--height", type=int, default=768, show_default=True)
 @click.option("--width", type=int, default=768, show_default=True)
-@click.option("--steps", type=int, default=4, show_default=True, help="Denoising steps of the end-to-end run.")
+@click.option("--steps", type=int, help="Denoising steps of the end-to-end run [default: 4, or the profile's].")
 @click.option("--guidance", type=float, default=5.0, show_default=True, help="> 1 means CFG (batch 2).")
 @click.option("--backends", default=",".join((PEER, *BACKENDS)), show_default=True)
 @click.option("--precisions", default="fp32,int8", show_default=True)
@@ -40,8 +40,8 @@ def _list(text: str) -> tuple[str, ...]:
 @click.option(
     "--profile",
     type=click.Choice(PROFILE_NAMES),
-    help="Run the packages as their manifest's profile says (its steps, guidance, sampler, decoder replace "
-    "--steps/--guidance), beside PyTorch at upstream defaults (computed from its stages) and on the same settings.",
+    help="Run the packages as their manifest's profile says (its guidance, sampler, decoder and, unless --steps "
+    "is given, steps), beside PyTorch at upstream defaults (computed from its stages) and on the same settings.",
 )
 @click.option("--lora", "loras", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="The LoRA the packages fused, for PyTorch on the profile's settings (with --profile).")  # fmt: skip

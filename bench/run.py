@@ -44,7 +44,7 @@ class BenchRequest:
     packages: tuple[Path, ...] = ()
     width: int = 768
     height: int = 768
-    steps: int = 4
+    steps: int | None = None  # None: 4, or the profile's; given with a profile, it overrides the profile's
     guidance: float = 5.0
     backends: tuple[str, ...] = (PEER, *BACKENDS)
     precisions: tuple[str, ...] = ("fp32", "int8")
@@ -99,10 +99,12 @@ def _in_subprocess(job: dict, threads: int | None, timeout: float = 6 * 3600) ->
         return json.loads(result.read_text())
 
 
-def profile_fields(package: Path, profile: str) -> dict:
+def profile_fields(package: Path, profile: str, steps: int | None = None) -> dict:
     """The sampling fields of a package's run profile, resolved as generate resolves them (an error says why
-    `fast` is unavailable)."""
-    settings = apply_profile(GenerationSettings(prompt="-"), read_manifest(package), profile).validate()
+    `fast` is unavailable); `steps`, when given, overrides the profile's as generate's --steps does."""
+    given = GenerationSettings(prompt="-", **({"steps": steps} if steps else {}))
+    explicit = {"steps"} if steps else set()
+    settings = apply_profile(given, read_manifest(package), profile, explicit).validate()
     return {name: getattr(settings, name) for name in RunProfile.settings_fields()}
 
 
@@ -194,12 +196,12 @@ def _flops(package: Path, graph: str, width: int, height: int, batch: int) -> in
 def _configs(request: BenchRequest, checkpoint, packages: dict[str, Path], face_models: Path, peer: PeerFiles,
              log) -> list:  # fmt: skip
     base = {
-        "width": request.width, "height": request.height, "steps": request.steps, "guidance": request.guidance,
+        "width": request.width, "height": request.height, "steps": request.steps or 4, "guidance": request.guidance,
         "repeat": request.repeat, "threads": request.threads, "face_models": str(face_models), "memory": request.memory,
     }  # fmt: skip
     profiled = {}  # precision -> the package's profile fields
     if request.profile:
-        profiled = {precision: profile_fields(path, request.profile) for precision, path in packages.items()}
+        profiled = {p: profile_fields(path, request.profile, request.steps) for p, path in packages.items()}
     configs = []
     if PEER in request.backends:
         if checkpoint is None:

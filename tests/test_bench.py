@@ -69,6 +69,17 @@ def test_bench_profile_fast_times_the_package_beside_pytorch_at_upstream_default
     assert "end_to_end is computed" in table
 
 
+def test_bench_steps_override_the_profiles_steps_only(fast_package):
+    """`bench --profile fast --steps 2` times a 4-step Lightning package as Lightning's 2-step sampling (the
+    same graphs: a 4-step and a 2-step package differ only in their fused weights), as generate's --steps does."""
+    from instantid_edge.bench.run import profile_fields
+
+    profile = profile_fields(fast_package, "fast")
+    overridden = profile_fields(fast_package, "fast", steps=2)
+    assert profile["steps"] == 4 and overridden["steps"] == 2
+    assert {k: v for k, v in overridden.items() if k != "steps"} == {k: v for k, v in profile.items() if k != "steps"}
+
+
 def test_flop_count_matches_the_analytic_count_for_a_matmul_and_a_conv(tmp_path):
     import onnx
     from onnx import TensorProto, helper
