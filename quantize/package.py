@@ -141,6 +141,8 @@ def _quantize(request: QuantizeRequest, log) -> dict:
     faces, prompts = calibration_faces(request.calibration_faces), calibration_prompts(request.calibration_prompts)
     size = manifest.static_size or (request.calibration_size,) * 2
     calibration_jobs, held_out_job = _calibration_jobs(faces, prompts, request, manifest, size)
+    if not any(action in ("hybrid", "full") for action in policy.values()):
+        calibration_jobs = calibration_jobs[:0]  # weights-only methods need the held-out run alone
     calibration, held_out = _record_inputs(request, manifest, policy, calibration_jobs, held_out_job, log)
 
     with atomic_folder(request.out) as work:
@@ -159,8 +161,8 @@ def _quantize(request: QuantizeRequest, log) -> dict:
                 "images": len(calibration_jobs),
                 "size": list(size),
                 "profile": calibration_profile(request, manifest),
-                "steps": calibration_jobs[0][1].steps,
-                "guidance": calibration_jobs[0][1].guidance,
+                "steps": held_out_job[1].steps,
+                "guidance": held_out_job[1].guidance,
                 "samples": {
                     name: min(len(v), request.samples)
                     for name, v in calibration.feeds.items()
@@ -185,14 +187,13 @@ def _record_inputs(request, manifest: Manifest, policy, calibration_jobs, held_o
     pipe = InstantIDPipeline.load(request.package, name, face_models=request.face_models, memory="auto", cache=False)
     calibration, held_out = Recording(), Recording()
     clock = time.perf_counter()
-    if any(action in ("hybrid", "full") for action in policy.values()):
-        record(pipe, calibration, calibration_jobs)
+    record(pipe, calibration, calibration_jobs)
     record(pipe, held_out, [held_out_job])
     del pipe  # every session closed before the quantizers load their graphs
     release_memory()
-    settings = calibration_jobs[0][1]
-    log(f"calibration: {len(calibration_jobs)} image(s) at {settings.width}x{settings.height}, {settings.steps} steps, "
-        f"in {time.perf_counter() - clock:.1f} s")  # fmt: skip
+    settings = held_out_job[1]
+    log(f"calibration: {len(calibration_jobs)} image(s) and 1 held-out image at {settings.width}x{settings.height}, "
+        f"{settings.steps} steps, in {time.perf_counter() - clock:.1f} s")  # fmt: skip
     return calibration, held_out
 
 

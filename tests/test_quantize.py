@@ -32,6 +32,9 @@ def test_weights_method_shrinks_weight_bytes_about_4x(runtime_package, weights_p
             ratio = _bytes(runtime_package, graph, fmt) / _bytes(weights_package, graph, fmt)
             assert 3.3 < ratio < 4.1, (graph, fmt, ratio)
     assert _bytes(weights_package, "vae_decoder", "onnx") == _bytes(runtime_package, "vae_decoder", "onnx")
+    calibration = json.loads((weights_package / "manifest.json").read_text())["quantization"]["calibration"]
+    assert calibration["images"] == 0 and calibration["samples"] == {}  # weights alone: only the held-out run
+    assert (calibration["profile"], calibration["steps"], calibration["guidance"]) == ("quality", 4, 5.0)
 
 
 @pytest.mark.parametrize("method", ["weights", "hybrid"])
