@@ -48,17 +48,21 @@ class Mode:
     cfg_split: bool  # CFG as two batch-1 calls of IdentityNet and the UNet (half their activations)
     decode_tile: int | None  # the full VAE decodes tiles of this many latents a side (None: the whole image)
     summary: str
+    # ONNX Runtime plans each call's activations into one block (its memory pattern): about twice the
+    # liveness peak, for ~9% less time per call on the full UNet (bench/RESULTS.md); off in the lean modes
+    planned_activations: bool = True
 
 
 # Fastest first: auto takes the first that fits. low closes each graph once its stage is done, so the peak is
-# the two denoiser graphs; lean also halves the denoisers' and the VAE's activations; minimal keeps only one
+# the two denoiser graphs; lean also halves the denoisers' and the VAE's activations, twice; minimal keeps only one
 # denoiser graph open at a time, reopening both every step (slow: for machines that cannot hold the pair).
 MODES = {mode.name: mode for mode in (
     Mode("normal", {}, False, None, "every graph stays open"),
     Mode("low", _LOW, False, None, "each graph closes once its stage is done (reopened for the next image)"),
-    Mode("lean", _LOW, True, DECODE_TILE, "low, with CFG as two batch-1 calls and the VAE decoded in tiles"),
+    Mode("lean", _LOW, True, DECODE_TILE, "low, with CFG as two batch-1 calls, the VAE decoded in tiles and "
+         "no planned activation blocks", planned_activations=False),
     Mode("minimal", _ONE_DENOISER, True, DECODE_TILE,
-         "lean, with one denoiser graph open at a time: both reopen every step (slow)"),
+         "lean, with one denoiser graph open at a time: both reopen every step (slow)", planned_activations=False),
 )}  # fmt: skip
 MEMORY_MODES = ("auto", *MODES)
 
@@ -101,6 +105,10 @@ class MemoryPolicy:
     @property
     def decode_tile(self) -> int | None:
         return MODES[self.mode].decode_tile
+
+    @property
+    def planned_activations(self) -> bool:
+        return MODES[self.mode].planned_activations
 
     def closes_after(self, stage: str) -> tuple[str, ...]:
         if stage not in STAGES:

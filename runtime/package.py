@@ -15,6 +15,7 @@ import json
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from .backends import BACKENDS, backend
 from .cpu import IntegerKernelWarning, package_cpu_warning
 from .errors import ConfigError, PackageError
 from .manifest import GRAPH_NAMES, Manifest, read_manifest
-from .session import Session, SessionOptions, open_session
+from .session import Levers, Session, SessionOptions, open_session
 
 REQUIRED_GRAPHS = tuple(name for name in GRAPH_NAMES if name != "vae_encoder")
 _WARNED: set[tuple[str, str]] = set()  # (package, format) already warned about in this process
@@ -59,6 +60,10 @@ class ModelPackage:
         if message and key not in _WARNED:
             _WARNED.add(key)
             warnings.warn(message, IntegerKernelWarning, stacklevel=3)
+
+    def use_levers(self, levers: Levers) -> None:
+        """The backend switches of sessions opened from now on (open sessions keep theirs)."""
+        self.options = replace(self.options, levers=levers)
 
     def session(self, name: str) -> Session:
         if name not in self._sessions:
