@@ -168,23 +168,18 @@ def specs(name: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec]]:
     ]
     c, n = d.latent_channels, d.text_length
     ids = TensorSpec("input_ids", "int64", (b, n))
+
+    def controlnet_inputs(context: TensorSpec) -> list[TensorSpec]:
+        return [_f32("sample", b, c, h, w), _f32("timestep"), context, _f32("controlnet_cond", b, 3, ph, pw),
+                _f32("conditioning_scale"), _f32("text_embeds", b, d.pooled), _f32("time_ids", b, 6)]  # fmt: skip
+
     decoder = ([_f32("latents", b, c, h, w)], [_f32("image", b, 3, ph, pw)])
     table = {
         "text_encoder": ([ids], [_f32("hidden_states", b, n, d.text_widths[0])]),
         "text_encoder_2": ([ids], [_f32("hidden_states", b, n, d.text_widths[1]), _f32("text_embeds", b, d.pooled)]),
         "image_proj": ([_f32("image_embeds", b, 1, d.embedding)], [_f32("image_tokens", b, d.tokens, d.cross)]),
-        "identitynet": (
-            [
-                _f32("sample", b, c, h, w),
-                _f32("timestep"),
-                _f32("image_tokens", b, d.tokens, d.cross),
-                _f32("controlnet_cond", b, 3, ph, pw),
-                _f32("conditioning_scale"),
-                _f32("text_embeds", b, d.pooled),
-                _f32("time_ids", b, 6),
-            ],
-            residuals,
-        ),  # fmt: skip
+        # IdentityNet's cross-attention sees the face tokens, an extra ControlNet's the text (_controlnet_residuals)
+        "identitynet": (controlnet_inputs(_f32("image_tokens", b, d.tokens, d.cross)), residuals),
         "unet": (
             [
                 _f32("sample", b, c, h, w),
@@ -198,18 +193,7 @@ def specs(name: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec]]:
             ],
             [_f32("noise_pred", b, c, h, w)],
         ),  # fmt: skip
-        "controlnet": (
-            [
-                _f32("sample", b, c, h, w),
-                _f32("timestep"),
-                _f32("encoder_hidden_states", b, TEXT_TOKENS, d.cross),
-                _f32("controlnet_cond", b, 3, ph, pw),
-                _f32("conditioning_scale"),
-                _f32("text_embeds", b, d.pooled),
-                _f32("time_ids", b, 6),
-            ],
-            residuals,
-        ),  # fmt: skip
+        "controlnet": (controlnet_inputs(_f32("encoder_hidden_states", b, TEXT_TOKENS, d.cross)), residuals),
         "vae_decoder": decoder,
         TINY_DECODER: decoder,  # the same contract: runtime/decode.py runs either
         "vae_encoder": ([_f32("image", b, 3, ph, pw)], [_f32("latents", b, c, h, w), _f32("latents_std", b, c, h, w)]),
