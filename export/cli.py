@@ -224,7 +224,12 @@ def demo(out, face_models, work, backend, steps, size):
     help="Also export an extra SDXL ControlNet in diffusers' layout as graph controlnet_NAME (repeatable); names "
     "starting with canny get edges computed at run time, others take a prepared image.",
 )  # fmt: skip
-def export(checkpoint, out, fmt, height, width, loras, profile, tiny_decoder, base, controlnets):
+@click.option(
+    "--attention-slice", type=click.IntRange(min=0), default=1, show_default=True, metavar="HEADS",
+    help="The UNet's and ControlNets' self-attention computes this many heads at a time (0: all at once); fewer "
+    "hold less memory at large sizes (README, memory modes).",
+)  # fmt: skip
+def export(checkpoint, out, fmt, height, width, loras, profile, tiny_decoder, base, controlnets, attention_slice):
     """Export UNet, IdentityNet, the image adapter, both text encoders and the VAE to a model package.
 
     \b
@@ -248,5 +253,6 @@ def export(checkpoint, out, fmt, height, width, loras, profile, tiny_decoder, ba
         profile=profile,
         tiny_decoder=tiny_decoder,
         controlnets=tuple(ControlNetSpec.parse(text) for text in controlnets),
+        attention_slice=attention_slice or None,
     )
     export_package(request, log=lambda line: click.echo(line, err=True))

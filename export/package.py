@@ -42,6 +42,7 @@ from ..runtime.tokenizer import ClipTokenizer
 from ..tools.peak_memory import PeakMemory
 from ..tools.versions import library_versions
 from .architecture import vae_scale_factor
+from .attention_slicing import slice_attention
 from .checkpoint import CheckpointPaths, locate_checkpoint
 from .controlnet_export import ControlNetSpec, check_specs, controlnet_module
 from .graphs import (
@@ -82,6 +83,7 @@ class ExportRequest:
     profile: str | None = None  # the distillation the LoRA holds (distillations.PROFILES); else identified
     tiny_decoder: Path | None = None  # TAESD-XL weights (.pth, .safetensors or AutoencoderTiny folder)
     controlnets: tuple[ControlNetSpec, ...] = ()  # extra SDXL ControlNets (controlnet_export.py)
+    attention_slice: int | None = 1  # self-attention heads computed at a time (attention_slicing.py); None: all
 
     def validate(self) -> ExportRequest:
         unknown = set(self.formats) - set(FORMATS)
@@ -89,6 +91,8 @@ class ExportRequest:
             raise ConfigError(f"unknown format(s) {sorted(unknown)}; choose {', '.join(FORMATS)} or both")
         check_size(self.height, self.width, neither="for dynamic shapes")
         check_specs(self.controlnets)
+        if self.attention_slice is not None and self.attention_slice < 1:
+            raise ConfigError(f"attention_slice must be at least 1 head (None: all), not {self.attention_slice}")
         require_new_folder(self.out)
         return self
 
@@ -168,9 +172,17 @@ def _tiny_decoder(path: Path, latent_channels: int):
     return decoder
 
 
-def _graph_module(name: str, loader: CheckpointLoader, dims: Dims, tiny_decoder: Path | None = None,
-                  controlnets: tuple[ControlNetSpec, ...] = ()):  # fmt: skip
-    """(wrapper module, baked facts) for one graph; each call loads its component afresh."""
+def _graph_module(name: str, loader: CheckpointLoader, dims: Dims, request: ExportRequest):
+    """(wrapper module, baked facts) for one graph; each call loads its component afresh. The denoisers'
+    self-attention is sliced by heads as requested, and the manifest says so."""
+    module, baked = _component(name, loader, dims, request.tiny_decoder, request.controlnets)
+    if slice_attention(module, request.attention_slice):
+        baked = {**baked, "self_attention_heads_per_slice": request.attention_slice}
+    return module, baked
+
+
+def _component(name: str, loader: CheckpointLoader, dims: Dims, tiny_decoder: Path | None,
+               controlnets: tuple[ControlNetSpec, ...]):  # fmt: skip
     extra = {spec.graph: spec for spec in controlnets}
     if name in extra:
         return controlnet_module(loader, extra[name])
@@ -216,7 +228,7 @@ def _export_graph(name: str, loader: CheckpointLoader, dims: Dims, work: Path, r
     formats = request.formats
     inputs, outputs = specs(name, dims)
     feeds = example_inputs(inputs, _sizes(dims))
-    module, baked = _graph_module(name, loader, dims, request.tiny_decoder, request.controlnets)
+    module, baked = _graph_module(name, loader, dims, request)
     with torch.inference_mode():
         result = module(*as_torch(feeds))
     result = result if isinstance(result, tuple) else (result,)
