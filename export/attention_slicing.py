@@ -8,10 +8,16 @@ head is independent), only its graph is longer. This is diffusers' "attention sl
 which slices batch x heads) restricted to the heads, whose count is fixed in the graph while the batch and
 token counts stay dynamic.
 
-Cross-attention (77 text or 16 face tokens) keeps its heads together: its scores are N x 77, small.
+Cross-attention (77 text or 16 face tokens) keeps its heads together: its scores are N x 77, small. Only the
+ONNX graphs are sliced: OpenVINO reads MatMul-Softmax-MatMul as one ScaledDotProductAttention op, whose CPU
+kernel never holds the scores (on the small stand-in at 1024 x 1024 its UNet's activations were 0.11 GiB whole
+against ONNX Runtime's 0.58), and slices only cost it memory and time (bench/RESULTS.md, "Attention in slices").
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -60,15 +66,20 @@ def _token_attention(attn: Attention) -> bool:
     return all(norm is None for norm in norms) and not attn.residual_connection
 
 
-def slice_attention(model: nn.Module, heads_per_slice: int | None) -> int:
-    """Give every plain attention of `model` whose heads exceed `heads_per_slice` a head-sliced processor
-    (None: leave the model as it is). Other processors (IP attention) are kept. Returns how many were changed."""
-    if heads_per_slice is None:
-        return 0
-    changed = 0
-    for module in model.modules():
-        plain = isinstance(module, Attention) and isinstance(module.processor, PLAIN)
-        if plain and _token_attention(module) and module.heads > heads_per_slice:
-            module.set_processor(HeadSlicedAttnProcessor(heads_per_slice))
-            changed += 1
-    return changed
+@contextlib.contextmanager
+def sliced_attention(model: nn.Module, heads_per_slice: int | None) -> Iterator[bool]:
+    """Within the block, every plain token attention of `model` with more than `heads_per_slice` heads computes
+    them that many at a time (None: none changed); afterwards each has its own processor back. Yields whether any
+    attention was sliced. Other processors (IP attention) are left alone."""
+    changed = {}
+    if heads_per_slice is not None:
+        for module in model.modules():
+            plain = isinstance(module, Attention) and isinstance(module.processor, PLAIN)
+            if plain and _token_attention(module) and module.heads > heads_per_slice:
+                changed[module] = module.processor
+                module.set_processor(HeadSlicedAttnProcessor(heads_per_slice))
+    try:
+        yield bool(changed)
+    finally:
+        for module, processor in changed.items():
+            module.set_processor(processor)

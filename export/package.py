@@ -42,7 +42,7 @@ from ..runtime.tokenizer import ClipTokenizer
 from ..tools.peak_memory import PeakMemory
 from ..tools.versions import library_versions
 from .architecture import vae_scale_factor
-from .attention_slicing import slice_attention
+from .attention_slicing import sliced_attention
 from .checkpoint import CheckpointPaths, locate_checkpoint
 from .controlnet_export import ControlNetSpec, check_specs, controlnet_module
 from .graphs import (
@@ -172,17 +172,9 @@ def _tiny_decoder(path: Path, latent_channels: int):
     return decoder
 
 
-def _graph_module(name: str, loader: CheckpointLoader, dims: Dims, request: ExportRequest):
-    """(wrapper module, baked facts) for one graph; each call loads its component afresh. The denoisers'
-    self-attention is sliced by heads as requested, and the manifest says so."""
-    module, baked = _component(name, loader, dims, request.tiny_decoder, request.controlnets)
-    if slice_attention(module, request.attention_slice):
-        baked = {**baked, "self_attention_heads_per_slice": request.attention_slice}
-    return module, baked
-
-
-def _component(name: str, loader: CheckpointLoader, dims: Dims, tiny_decoder: Path | None,
-               controlnets: tuple[ControlNetSpec, ...]):  # fmt: skip
+def _graph_module(name: str, loader: CheckpointLoader, dims: Dims, tiny_decoder: Path | None = None,
+                  controlnets: tuple[ControlNetSpec, ...] = ()):  # fmt: skip
+    """(wrapper module, baked facts) for one graph; each call loads its component afresh."""
     extra = {spec.graph: spec for spec in controlnets}
     if name in extra:
         return controlnet_module(loader, extra[name])
@@ -228,7 +220,7 @@ def _export_graph(name: str, loader: CheckpointLoader, dims: Dims, work: Path, r
     formats = request.formats
     inputs, outputs = specs(name, dims)
     feeds = example_inputs(inputs, _sizes(dims))
-    module, baked = _graph_module(name, loader, dims, request)
+    module, baked = _graph_module(name, loader, dims, request.tiny_decoder, request.controlnets)
     with torch.inference_mode():
         result = module(*as_torch(feeds))
     result = result if isinstance(result, tuple) else (result,)
@@ -237,11 +229,19 @@ def _export_graph(name: str, loader: CheckpointLoader, dims: Dims, work: Path, r
     folder.mkdir()
     onnx, openvino = backend_for_format("onnx"), backend_for_format("openvino")
     onnx_path = folder / onnx.model_file
-    export_onnx(module, as_torch(feeds), inputs, outputs, onnx_path)
+    with sliced_attention(module, request.attention_slice if "onnx" in formats else None) as sliced:
+        export_onnx(module, as_torch(feeds), inputs, outputs, onnx_path)
+    if sliced:
+        baked = {**baked, "self_attention_heads_per_slice": {"onnx": request.attention_slice}}
+    whole = folder / f"whole-attention-{onnx.model_file}"  # OpenVINO's IR is converted from attention unsliced
+    if "openvino" in formats and sliced:
+        export_onnx(module, as_torch(feeds), inputs, outputs, whole)
     del module, result
     release_memory()
     if "openvino" in formats:
-        convert_to_openvino(onnx_path, folder / openvino.model_file)
+        convert_to_openvino(whole if sliced else onnx_path, folder / openvino.model_file)
+        if sliced:
+            remove_onnx(whole)
     if "onnx" not in formats:
         remove_onnx(onnx_path)
     release_memory()

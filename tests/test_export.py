@@ -51,8 +51,7 @@ def test_every_graph_matches_pytorch_at_a_new_size(manifest, loader, name, backe
     feeds = example_inputs(
         list(graph.inputs), manifest.architecture.dim_sizes(OTHER_SIZE["height"], OTHER_SIZE["width"], 1), seed=7
     )
-    request = ExportRequest(loader.paths.ip_adapter.parent, manifest.root, attention_slice=None)  # unsliced torch
-    module, _ = _graph_module(name, loader, _dims(loader, request), request)
+    module, _ = _graph_module(name, loader, _dims(loader, ExportRequest(loader.paths.ip_adapter.parent, manifest.root)))
     with torch.inference_mode():
         expected = module(*as_torch(feeds))
     expected = expected if isinstance(expected, tuple) else (expected,)
