@@ -107,6 +107,11 @@ class MemoryPolicy:
         return MODES[self.mode].decode_tile
 
     @property
+    def reopens_denoisers(self) -> bool:
+        """The denoiser graphs close after each call (minimal), so opening them is part of every step."""
+        return bool(self.closes_after("unet") or self.closes_after("identitynet"))
+
+    @property
     def planned_activations(self) -> bool:
         return MODES[self.mode].planned_activations
 

@@ -83,7 +83,8 @@ def test_generate_profile_fast_equals_reference_with_the_same_lora_sampler_and_d
         assert np.abs(written.astype(int) - unmarked.astype(int)).mean() < 3
 
     timings = summary["timings"]
-    assert timings["run"] == {"batch": 1, "steps": 4, "decoder": "vae_decoder_tiny"}  # no CFG, the profile's steps
+    # no CFG, the profile's steps
+    assert timings["run"].items() >= {"batch": 1, "steps": 4, "decoder": "vae_decoder_tiny"}.items()
     assert timings["calls"]["unet"] == 4 and timings["calls"]["decode"] == 1
     settings = summary["settings"]
     assert (settings["sampler"], settings["timestep_spacing"], settings["guidance"]) == ("euler", "trailing", 0.0)
@@ -93,10 +94,10 @@ def test_generate_profile_fast_equals_reference_with_the_same_lora_sampler_and_d
 def test_flags_given_explicitly_override_the_profile(tmp_path, fast_package, astronaut, face_pack):
     summary, _, _ = _generate(fast_package, tmp_path, astronaut, face_pack, "--profile", "fast", "--steps", 2,
                               "--decoder", "full")  # fmt: skip
-    assert summary["timings"]["run"] == {"batch": 1, "steps": 2, "decoder": "vae_decoder"}
+    assert summary["timings"]["run"].items() >= {"batch": 1, "steps": 2, "decoder": "vae_decoder"}.items()
     assert summary["settings"]["timestep_spacing"] == "trailing"  # the rest still from the profile
     quality, _, _ = _generate(fast_package, tmp_path, astronaut, face_pack, "--profile", "quality")
-    assert quality["timings"]["run"] == {"batch": 1, "steps": 4, "decoder": "vae_decoder"}
+    assert quality["timings"]["run"].items() >= {"batch": 1, "steps": 4, "decoder": "vae_decoder"}.items()
 
 
 def test_the_manifest_records_the_distillation_profiles_and_tiny_decoder(fast_package, fast_path):

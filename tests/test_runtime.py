@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -163,7 +165,8 @@ def test_cli_writes_labelled_pngs_latents_and_timings(tmp_path, runtime_package,
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index("{") :])
     assert summary["outputs"] == [str(tmp_path / "portrait-1.png"), str(tmp_path / "portrait-2.png")]
-    assert set(summary["timings"]) >= {"face", "text", "image_proj", "identitynet", "unet", "decode"}
+    assert set(summary["timings"]) >= {"face", "text", "image_proj", "identitynet", "unet", "decode", "open"}
+    assert summary["timings"]["run"]["seconds_to_first_step"] > summary["timings"]["open"] > 0
     record = read_record(tmp_path / "portrait-2.png")
     assert record["seed"] == 1 and record["standin"] is True and record["generator"] == "runtime (openvino)"
     assert np.load(tmp_path / "final.npy").shape == (2, 4, 16, 16)
@@ -266,3 +269,10 @@ def test_library_errors_are_specific(pipelines, face_rgb):
         load_rgb("/nonexistent/face.png")
     with pytest.raises(PackageError, match="not a model package"):
         type(pipe).load(pipe.package.root.parent)
+
+
+def test_process_age_counts_from_the_process_start():
+    """What `seconds_to_first_step` is measured from: a fresh process that slept 0.5 s is at least that old."""
+    code = "import time; time.sleep(0.5); from instantid_edge.runtime.timing import process_age; print(process_age())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert 0.5 <= float(done.stdout) < 60, done.stdout
