@@ -11,7 +11,7 @@ token counts stay dynamic.
 Cross-attention (77 text or 16 face tokens) keeps its heads together: its scores are N x 77, small. Only the
 ONNX graphs are sliced: OpenVINO reads MatMul-Softmax-MatMul as one ScaledDotProductAttention op, whose CPU
 kernel never holds the scores (on the small stand-in at 1024 x 1024 its UNet's activations were 0.11 GiB whole
-against ONNX Runtime's 0.58), and slices only cost it memory and time (bench/RESULTS.md, "Attention in slices").
+against ONNX Runtime's 0.58), and slices only cost it memory and time (bench/RESULTS.md, "Attention in head slices").
 """
 
 from __future__ import annotations
