@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -64,7 +66,8 @@ def quantize(package, out, method, graphs, calibration_faces, calibration_prompt
         calibration_faces=calibration_faces, calibration_prompts=calibration_prompts, samples=samples,
         face_models=face_models, calibration_size=calibration_size, profile=profile,
     )  # fmt: skip
-    report = quantize_package(request, log=lambda line: click.echo(line, err=True))
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars print to stdout, which holds the record
+        report = quantize_package(request, log=lambda line: click.echo(line, err=True))
     if as_json:
         click.echo(json.dumps(report, indent=2))
     elif check:

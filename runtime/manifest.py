@@ -101,9 +101,10 @@ class ModelFacts:
     def latent_size(self, height: int, width: int, stride: int = 1) -> tuple[int, int]:
         return latent_size(height, width, self.vae_scale_factor, stride)
 
-    def dim_sizes(self, height: int, width: int, batch: int) -> dict[str, int]:
-        """For one prompt chunk of `text_length` tokens (an unweighted prompt)."""
-        return dim_sizes(height, width, batch, self.vae_scale_factor, self.text_length, self.num_image_tokens)
+    def dim_sizes(self, height: int, width: int, batch: int, text_tokens: int | None = None) -> dict[str, int]:
+        """For `text_tokens` prompt tokens (default: one chunk of `text_length`, an unweighted prompt)."""
+        tokens = self.text_length if text_tokens is None else text_tokens
+        return dim_sizes(height, width, batch, self.vae_scale_factor, tokens, self.num_image_tokens)
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "text_widths": list(self.text_widths)}
@@ -279,6 +280,13 @@ class Manifest:
         if name not in self.graphs:
             raise PackageError(f"the package at {self.root} has no {name} graph; re-export it")
         return self.graphs[name]
+
+    def input_shapes(self, graph: str, height: int, width: int, batch: int,
+                     text_tokens: int | None = None) -> dict[str, tuple[int, ...]]:  # fmt: skip
+        """{input: shape} of one call of `graph` on `height` x `width` pixels (symbolic dims resolved)."""
+        sizes = self.architecture.dim_sizes(height, width, batch, text_tokens)
+        return {spec.name: tuple(sizes[d] if isinstance(d, str) else d for d in spec.shape)
+                for spec in self.graph(graph).inputs}  # fmt: skip
 
     @property
     def controlnets(self) -> dict[str, ControlNetInfo]:

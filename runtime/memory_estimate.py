@@ -91,15 +91,10 @@ class MemoryModel:
     def loading(self, graph: str) -> int:
         return int(self.disk.get(graph, 0) * self._loading)
 
-    def _shapes(self, graph: str, height: int, width: int, batch: int) -> dict[str, tuple[int, ...]]:
-        sizes = self.manifest.architecture.dim_sizes(height, width, batch)
-        info = self.manifest.graph(graph)
-        return {spec.name: tuple(sizes[d] if isinstance(d, str) else d for d in spec.shape) for spec in info.inputs}
-
     def activations(self, graph: str, height: int, width: int, batch: int = 1, planned: bool = True) -> int:
         """Activations + inputs of one call of `graph` on `height` x `width` pixels (`planned`: Mode's
         planned_activations)."""
-        shapes = self._shapes(graph, height, width, batch)
+        shapes = self.manifest.input_shapes(graph, height, width, batch)
         inputs = sum(4 * _count(shape) for shape in shapes.values())
         static = activation_bytes(self.manifest.graph(graph), self.manifest.root, self.format, shapes)
         factor = (ACTIVATIONS if planned else UNPLANNED_ACTIVATIONS)[self.backend]

@@ -71,6 +71,11 @@ class ModelPackage:
         session = self._sessions[name]
         return session if self._recording is None else _RecordingSession(session, self._recording[name])
 
+    def prepare(self, name: str, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Open `name` and get it ready for calls at `shapes` (OpenVINO compiles, or loads its cached blob)."""
+        self.session(name)
+        self._sessions[name].compile_for(shapes)
+
     @contextlib.contextmanager
     def recording(self) -> Iterator[dict[str, list[dict[str, np.ndarray]]]]:
         """While the block runs, a copy of every graph's feeds goes into the yielded {graph: [feeds, ...]}."""

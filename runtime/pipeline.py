@@ -175,9 +175,14 @@ class InstantIDPipeline:
         """The graphs the denoising steps call."""
         return ("identitynet",) * (settings.identitynet_scale > 0) + controlnets + ("unet",)
 
-    def _open(self, names: tuple[str, ...]) -> None:
+    def _open(self, names: tuple[str, ...], settings: GenerationSettings, inputs: PredictorInputs) -> None:
+        """Open the denoisers and compile them for this run's shapes, so the first step starts ready."""
+        batch = 1 if self.memory.cfg_split else int(inputs.text.shape[0])
+        manifest = self.package.manifest
         for name in names:
-            self.package.session(name)
+            graph = manifest.graph(name)
+            shapes = manifest.input_shapes(name, settings.height, settings.width, batch, inputs.text.shape[1])
+            self.package.prepare(graph.name, shapes)
 
     def _resolve(self, settings: GenerationSettings, canvas: np.ndarray, img2img: bool) -> GenerationSettings:
         """The settings a run uses: the output size, face region on where the package can (unless said), the
@@ -250,7 +255,7 @@ class InstantIDPipeline:
                     progress(done + step + 1, total)
 
             if not self.memory.reopens_denoisers:  # each step then starts with its graphs open
-                timer.run("open", self._open, self._denoisers(settings, controlnets))
+                timer.run("open", self._open, self._denoisers(settings, controlnets), settings, run.inputs)
             if index == 0:
                 timer.run_record["seconds_to_first_step"] = _rounded(process_age())
             start = time.perf_counter()

@@ -29,6 +29,9 @@ class Session(Protocol):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
+    def compile_for(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Get ready for calls at these input shapes (OpenVINO compiles for exact shapes; others need nothing)."""
+
 
 @dataclass(frozen=True)
 class Levers:
@@ -132,6 +135,9 @@ class OrtSession:
         _check_io(graph, described(self._session.get_outputs()), "outputs", path)
         self.name, self.inputs, self.outputs = graph.name, graph.inputs, graph.outputs
         self._output_names = [spec.name for spec in graph.outputs]
+
+    def compile_for(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Nothing to do: ONNX Runtime plans each call at its shapes."""
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._output_names, self._session.run(self._output_names, feeds), strict=True))

@@ -61,3 +61,35 @@ def test_no_memory_mode_changes_the_image(runtime_package, face_pack, face_rgb, 
         np.testing.assert_allclose(results[mode].latents, results["normal"].latents, rtol=0, atol=LATENT_ATOL)
         # 16x16 latents fit one decode tile: the image is the whole decode's
         np.testing.assert_array_equal(results[mode].images[0], results["normal"].images[0])
+
+
+@pytest.mark.parametrize("mode", ["normal", "lean"])
+def test_the_denoisers_are_compiled_once_before_the_first_step(runtime_package, face_pack, face_rgb, mode,
+                                                               monkeypatch):  # fmt: skip
+    """OpenVINO compiles for exact shapes: the shapes prepared before the first step are the ones the steps use,
+    so the warm start (`seconds_to_first_step`) includes the compile and no step compiles again."""
+    from instantid_edge.runtime.pipeline import InstantIDPipeline
+    from instantid_edge.runtime.session import OvSession
+
+    compiled: dict[str, list] = {}  # graph -> [compiled inside a call?] per compilation
+    original_compile, original_run, calling = OvSession.compile_for, OvSession.run, []
+
+    def counting(self, shapes):
+        before = self._shapes
+        original_compile(self, shapes)
+        if self._shapes != before:
+            compiled.setdefault(self.name, []).append(bool(calling))
+
+    def run(self, feeds):
+        calling.append(self.name)
+        try:
+            return original_run(self, feeds)
+        finally:
+            calling.pop()
+
+    monkeypatch.setattr(OvSession, "run", run)
+    monkeypatch.setattr(OvSession, "compile_for", counting)
+    pipe = InstantIDPipeline.load(runtime_package, backend="openvino", face_models=face_pack, memory=mode, cache=False)
+    result = pipe(face_rgb, _settings())
+    assert compiled["unet"] == compiled["identitynet"] == [False], compiled  # once, before any call
+    assert result.timings["run"]["seconds_to_first_step"] > 0 and result.timings["open"] > 0

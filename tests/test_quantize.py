@@ -128,3 +128,18 @@ def test_quantizing_does_not_touch_the_source_package(runtime_package, weights_p
     assert not verify_files(read_manifest(runtime_package))  # hard links were never written through
     assert "quantization" not in read_manifest(runtime_package).data
     assert np.isfinite(np.load(weights_package / "constants" / "uncond_image_tokens.npy")).all()
+
+
+def test_json_output_is_the_record_alone(tmp_path, runtime_package, face_pack):
+    """`quantize --json` prints only the record on stdout (NNCF's progress bars go to stderr), so it pipes to jq."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "pkg-json"
+    command = [sys.executable, "-m", "instantid_edge.cli", "quantize", str(runtime_package), "--out", str(out),
+               "--method", "weights", "--graphs", "unet", "--calibration-size", "128", "--face-models",
+               str(face_pack), "--json"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(done.stdout)
+    assert record["method"] == "weights" and record["policy"]["unet"] == "weights"
