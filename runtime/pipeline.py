@@ -180,9 +180,8 @@ class InstantIDPipeline:
         batch = 1 if self.memory.cfg_split else int(inputs.text.shape[0])
         manifest = self.package.manifest
         for name in names:
-            graph = manifest.graph(name)
-            shapes = manifest.input_shapes(name, settings.height, settings.width, batch, inputs.text.shape[1])
-            self.package.prepare(graph.name, shapes)
+            self.package.prepare(name, manifest.input_shapes(name, settings.height, settings.width, batch,
+                                                             inputs.text.shape[1]))  # fmt: skip
 
     def _resolve(self, settings: GenerationSettings, canvas: np.ndarray, img2img: bool) -> GenerationSettings:
         """The settings a run uses: the output size, face region on where the package can (unless said), the
