@@ -29,7 +29,7 @@ from .backends import backend
 from .decode import TILED_GRAPH, tile_starts, tileable
 from .errors import ConfigError
 from .manifest import Manifest
-from .memory import MODES, MemoryPolicy, Mode, physical_memory
+from .memory import MODES, MemoryPolicy, Mode, opening_order, physical_memory
 
 GIB = 2**30
 MARGIN = 0.15  # of physical memory, left to the system when auto decides
@@ -113,6 +113,8 @@ class MemoryModel:
         batch = 1 if mode.cfg_split else shape.batch
         calls = [(g, shape.height, shape.width, 1, ()) for g in _CONDITIONING[:-1]]
         calls.append((_CONDITIONING[-1], shape.height, shape.width, 1, ("conditioning",)))
+        if not MemoryPolicy(mode.name).reopens_denoisers:  # the pipeline opens the denoisers before the first step
+            calls += [(graph, None, None, batch, ()) for graph in opening_order(_DENOISERS, self.disk)]
         for step in range(2):  # two steps: what reopens every step shows
             for graph in _DENOISERS:
                 last = step == 1 and graph == "unet"
@@ -125,6 +127,8 @@ class MemoryModel:
                 if graph not in held:  # opening: its weights, plus a transient copy
                     highest = max(highest, sum(held.values()) + self.weights(graph) + self.loading(graph))
                     held[graph] = self.weights(graph)
+                if height is None:  # opened only
+                    continue
                 activations = self.activations(graph, height, width, graph_batch, mode.planned_activations)
                 running = self.weights(graph) + activations
                 highest = max(highest, sum(held.values()) - held[graph] + running)

@@ -71,6 +71,10 @@ class ModelPackage:
         session = self._sessions[name]
         return session if self._recording is None else _RecordingSession(session, self._recording[name])
 
+    def graph_bytes(self) -> dict[str, int]:
+        """Bytes on disk of each graph's files in the format this package's backend reads."""
+        return self.manifest.graph_bytes(backend(self.options.backend).format)
+
     def prepare(self, name: str, shapes: dict[str, tuple[int, ...]]) -> None:
         """Open `name` and get it ready for calls at `shapes` (OpenVINO compiles, or loads its cached blob)."""
         self.session(name)

@@ -35,7 +35,7 @@ from .face import FaceAnalyzer, FaceConditioning, face_conditioning
 from .face_region import face_region_mask, latent_mask, residual_masks
 from .images import official_size, resize_like_instantid
 from .img2img import init_distribution, sample_latents
-from .memory import MemoryPolicy, check_mode, process_memory
+from .memory import MemoryPolicy, check_mode, opening_order, process_memory
 from .memory_estimate import MemoryModel, RunShape, plan
 from .noise import check_given_noise, image_rng
 from .noise_prediction import ExtraControl, PredictorInputs, make_noise_predictor
@@ -179,7 +179,7 @@ class InstantIDPipeline:
         """Open the denoisers and compile them for this run's shapes, so the first step starts ready."""
         batch = 1 if self.memory.cfg_split else int(inputs.text.shape[0])
         manifest = self.package.manifest
-        for name in names:
+        for name in opening_order(names, self.package.graph_bytes()):
             self.package.prepare(name, manifest.input_shapes(name, settings.height, settings.width, batch,
                                                              inputs.text.shape[1]))  # fmt: skip
 

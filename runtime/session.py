@@ -3,7 +3,8 @@
 Backend tuning stays in this file. OpenVINO compiles each graph for the exact input shapes it is run with
 (static shapes are faster on CPU), caches compiled blobs in `cache_dir` so a second start is fast, and runs
 in f32 unless told otherwise: on CPUs with AVX-512 bf16 its default would silently be bf16. It keeps one
-compiled shape per graph: every compiled model holds its own repacked copy of the weights.
+compiled shape per graph: every compiled model holds its own repacked copy of the weights, so the IR's
+mapped weight pages are dropped from memory once it is compiled (pages it does read come back from the file).
 
 The allocator and loading switches each backend offers (`Levers`) are measured in bench/RESULTS.md ("Where
 the memory goes"); the defaults are the measured best.
@@ -20,6 +21,7 @@ import numpy as np
 from .backends import backend
 from .errors import ConfigError, PackageError
 from .manifest import GraphInfo, TensorSpec
+from .memory import drop_mapped_pages
 
 
 class Session(Protocol):
@@ -46,6 +48,7 @@ class Levers:
     ort_initializers_outside_arena: bool = False  # session.use_device_allocator_for_initializers
     ov_mmap: bool = True  # OpenVINO reads the IR's weights through a memory map (ENABLE_MMAP)
     ov_streams: int = 0  # OpenVINO NUM_STREAMS; 0: what the LATENCY hint picks (one stream)
+    ov_drop_mapped: bool = True  # drop the IR's mapped weight pages from memory once compiled (re-read if used)
 
     def ort_session(self) -> dict[str, bool]:
         """onnxruntime.SessionOptions attributes."""
@@ -178,6 +181,7 @@ class OvSession:
             self._config["INFERENCE_NUM_THREADS"] = options.threads
         self._shapes: tuple | None = None
         self._compiled = None
+        self._drop_mapped = options.levers.ov_drop_mapped
 
     def compile_for(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """Compile for these input shapes (a run at other shapes compiles again, dropping this one first)."""
@@ -188,6 +192,9 @@ class OvSession:
             model.reshape({name: list(shape) for name, shape in shapes.items()})
             self._compiled = self._core.compile_model(model, "CPU", self._config)
             self._shapes = key
+            del model
+            if self._drop_mapped:  # OpenVINO keeps the file mapped; an int8 model holds its own copy of it all
+                drop_mapped_pages(self._path.with_suffix(".bin"))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.compile_for({name: array.shape for name, array in feeds.items()})

@@ -52,7 +52,7 @@ def test_a_warm_openvino_cache_raises_the_predicted_load_peak(runtime_package):
     from instantid_edge.runtime.memory import MODES
     from instantid_edge.runtime.memory_estimate import MemoryModel, RunShape
 
-    manifest, shape = read_manifest(runtime_package), RunShape(256, 256, 2)
+    manifest, shape = read_manifest(runtime_package), RunShape(128, 128, 2)  # where the opening is the peak
     for backend, higher in (("openvino", True), ("onnxruntime", False)):
         cold, warm = (MemoryModel(manifest, backend, cache).peak(MODES["low"], shape, 0) for cache in (False, True))
         assert (warm > cold) if higher else (warm == cold), (backend, cold, warm)
