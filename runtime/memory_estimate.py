@@ -1,7 +1,9 @@
 """`--memory auto`: predict a run's peak RSS in every memory mode, and choose the fastest mode that fits.
 
 The prediction replays what a run does, in order (README, "How much memory a run needs"): each graph opens when
-first used, runs, and stays open until its mode closes it. Per graph g, at the run's size and batch:
+first used (the denoisers before the first step, largest first; in modes that open them early, all at once on
+top of the conditioning graphs), runs, and stays open until its mode closes it. Per graph g, at the run's size
+and batch:
 
     weights(g)      bytes on disk (manifest) x RESIDENT[backend]: held while g is open (the backend's repacked
                     copy of the weights, and the mapped pages it keeps reading)
@@ -113,15 +115,21 @@ class MemoryModel:
         batch = 1 if mode.cfg_split else shape.batch
         calls = [(g, shape.height, shape.width, 1, ()) for g in _CONDITIONING[:-1]]
         calls.append((_CONDITIONING[-1], shape.height, shape.width, 1, ("conditioning",)))
-        if not MemoryPolicy(mode.name).reopens_denoisers:  # the pipeline opens the denoisers before the first step
+        highest = 0
+        held: dict[str, int] = {}
+        if mode.opens_early:  # every denoiser opens at once, on top of every conditioning graph run
+            held = {graph: self.weights(graph) + self.activations(graph, shape.height, shape.width, 1,
+                                                                  mode.planned_activations)
+                    for graph in _CONDITIONING if graph in self.disk}  # fmt: skip
+            held |= {graph: self.weights(graph) for graph in _DENOISERS if graph in self.disk}
+            highest = sum(held.values()) + sum(self.loading(graph) for graph in _DENOISERS)
+        elif not MemoryPolicy(mode.name).reopens_denoisers:  # they open, largest first, before the first step
             calls += [(graph, None, None, batch, ()) for graph in opening_order(_DENOISERS, self.disk)]
         for step in range(2):  # two steps: what reopens every step shows
             for graph in _DENOISERS:
                 last = step == 1 and graph == "unet"
                 calls.append((graph, shape.height, shape.width, batch, (graph, "denoising") if last else (graph,)))
         calls.append((shape.decoder, *self._decode_size(mode, shape), 1, ("decoding",)))
-        held: dict[str, int] = {}
-        highest = 0
         for graph, height, width, graph_batch, stages in calls:
             if graph in self.disk:
                 if graph not in held:  # opening: its weights, plus a transient copy

@@ -21,6 +21,8 @@ where the package can.
 from __future__ import annotations
 
 import time
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -69,6 +71,7 @@ class PreparedRun:
     given_noise: np.ndarray | None  # [N, C, h, w] unit noise given instead of the seed rule
     decoder: str  # the decoder graph (manifest.DECODER_GRAPHS[settings.decoder])
     init: tuple[np.ndarray, np.ndarray] | None = None  # img2img: the init image's latent mean and std
+    opening: tuple[Future, ...] = ()  # the denoisers opening in the background (Mode.opens_early)
 
     @property
     def steps(self) -> int:
@@ -144,9 +147,12 @@ class InstantIDPipeline:
         timer: StageTimer | None = None,
         init_rgb: np.ndarray | None = None,
         control_rgb: dict[str, np.ndarray | None] | None = None,
+        open_early: bool = False,
     ) -> PreparedRun:
         """Face analysis, face tokens and text embeddings, batched for the noise predictor; `noise` checked.
-        `init_rgb`: img2img's init photo; `control_rgb`: each extra ControlNet's photo or condition image."""
+        `init_rgb`: img2img's init photo; `control_rgb`: each extra ControlNet's photo or condition image.
+        `open_early`: where the memory mode allows (Mode.opens_early), the denoisers open in the background once
+        the inputs are checked (the run's `opening`, joined by the caller before the first step)."""
         settings.validate()
         decoder = self.package.manifest.decoder_graph(settings.decoder)  # what the package lacks fails first
         schedule_for(settings, self.package.scheduler_config)
@@ -163,20 +169,42 @@ class InstantIDPipeline:
             noise = check_given_noise(noise, (settings.num_images, *shape), f"{width}x{height} x {settings.num_images}")
         controls = control_images(self.package.manifest.controlnets, settings.controls, control_rgb or {},
                                   resize_like_instantid(canvas), width, height)  # fmt: skip
-        inputs = self._predictor_inputs(settings, faces, controls, timer)
-        init = None
-        if init_rgb is not None:
-            init = timer.run("vae_encoder", init_distribution, self.package, init_rgb, width, height)
+        opening = self._open_in_background(settings) if open_early and self.memory.opens_early else ()
+        try:  # the inputs are checked by now: the text and image stages run while the denoisers open
+            inputs = self._predictor_inputs(settings, faces, controls, timer)
+            init = None
+            if init_rgb is not None:
+                init = timer.run("vae_encoder", init_distribution, self.package, init_rgb, width, height)
+        except BaseException:
+            futures.wait(opening)  # no graph is left opening behind a failed run
+            raise
         self.memory.close("conditioning", self.package)
-        return PreparedRun(settings, faces, inputs, shape, noise, decoder, init)
+        return PreparedRun(settings, faces, inputs, shape, noise, decoder, init, opening)
 
     @staticmethod
     def _denoisers(settings: GenerationSettings, controlnets: tuple[str, ...]) -> tuple[str, ...]:
         """The graphs the denoising steps call."""
         return ("identitynet",) * (settings.identitynet_scale > 0) + controlnets + ("unet",)
 
-    def _open(self, names: tuple[str, ...], settings: GenerationSettings, inputs: PredictorInputs) -> None:
-        """Open the denoisers and compile them for this run's shapes, so the first step starts ready."""
+    def _open_in_background(self, settings: GenerationSettings) -> tuple[Future, ...]:
+        """Open IdentityNet and the UNet, each in its own thread, for a one-chunk prompt (a weighted prompt's
+        longer text compiles again in `_open`)."""
+        names = self._denoisers(settings, ())
+        batch = 1 if self.memory.cfg_split else (2 if settings.cfg else 1)
+        manifest = self.package.manifest
+        pool = ThreadPoolExecutor(len(names), thread_name_prefix="open")
+        opening = tuple(pool.submit(self.package.prepare, name,
+                                    manifest.input_shapes(name, settings.height, settings.width, batch))
+                        for name in names)  # fmt: skip
+        pool.shutdown(wait=False)  # its threads end with their work
+        return opening
+
+    def _open(self, names: tuple[str, ...], settings: GenerationSettings, inputs: PredictorInputs,
+              opening: tuple[Future, ...] = ()) -> None:  # fmt: skip
+        """Open the denoisers and compile them for this run's shapes, so the first step starts ready (after
+        what opened in the background, whose errors surface here)."""
+        for future in opening:
+            future.result()
         batch = 1 if self.memory.cfg_split else int(inputs.text.shape[0])
         manifest = self.package.manifest
         for name in opening_order(names, self.package.graph_bytes()):
@@ -238,7 +266,7 @@ class InstantIDPipeline:
         """`noise` replaces the seed rule (unit noise, [N, C, H/f, W/f]); `progress(done, total)` per step.
         `init_rgb` (img2img) and `control_rgb` (extra ControlNets by name) as in `prepare`."""
         timer = StageTimer()
-        run = self.prepare(face_rgb, settings, pose_rgb, noise, timer, init_rgb, control_rgb)
+        run = self.prepare(face_rgb, settings, pose_rgb, noise, timer, init_rgb, control_rgb, open_early=True)
         settings = run.settings
         eps = make_noise_predictor(self.package, run.inputs, settings, timer, self.memory, run.steps)
         timer.run_record = {"batch": int(run.inputs.text.shape[0]), "steps": run.steps, "decoder": run.decoder}
@@ -254,7 +282,8 @@ class InstantIDPipeline:
                     progress(done + step + 1, total)
 
             if not self.memory.reopens_denoisers:  # each step then starts with its graphs open
-                timer.run("open", self._open, self._denoisers(settings, controlnets), settings, run.inputs)
+                timer.run("open", self._open, self._denoisers(settings, controlnets), settings, run.inputs,
+                          run.opening)  # fmt: skip
             if index == 0:
                 timer.run_record["seconds_to_first_step"] = _rounded(process_age())
             start = time.perf_counter()

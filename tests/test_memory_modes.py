@@ -77,8 +77,8 @@ def test_the_denoisers_are_compiled_once_before_the_first_step(runtime_package, 
     def counting(self, shapes):
         before = self._shapes
         original_compile(self, shapes)
-        if self._shapes != before:
-            compiled.setdefault(self.name, []).append(bool(calling))
+        if self._shapes != before:  # in a denoising step? (normal mode compiles while the text encoders run)
+            compiled.setdefault(self.name, []).append(bool({"identitynet", "unet"} & set(calling)))
 
     def run(self, feeds):
         calling.append(self.name)
@@ -93,3 +93,71 @@ def test_the_denoisers_are_compiled_once_before_the_first_step(runtime_package, 
     result = pipe(face_rgb, _settings())
     assert compiled["unet"] == compiled["identitynet"] == [False], compiled  # once, before any call
     assert result.timings["run"]["seconds_to_first_step"] > 0 and result.timings["open"] > 0
+
+
+def test_normal_mode_opens_the_denoisers_while_the_text_is_encoded(runtime_package, face_pack, face_rgb,
+                                                                   monkeypatch):  # fmt: skip
+    """The warm start overlaps: in normal mode the denoisers open in their own threads while the text encoders
+    run; lean opens them one by one after the conditioning graphs closed, for a lower peak."""
+    import threading
+
+    from instantid_edge.runtime.package import ModelPackage
+    from instantid_edge.runtime.pipeline import InstantIDPipeline
+    from instantid_edge.runtime.text import TextEncoder
+
+    opened, threads, overlapped = threading.Event(), [], []
+    original_prepare, original_embed = ModelPackage.prepare, TextEncoder.embed
+
+    def prepare(self, name, shapes):
+        threads.append(threading.current_thread().name)
+        opened.set()
+        return original_prepare(self, name, shapes)
+
+    def embed(self, *args, **kwargs):
+        overlapped.append(opened.wait(timeout=3))  # is a denoiser opening while the text is encoded?
+        return original_embed(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelPackage, "prepare", prepare)
+    monkeypatch.setattr(TextEncoder, "embed", embed)
+    for mode, early in (("normal", True), ("lean", False)):
+        opened.clear(), threads.clear(), overlapped.clear()
+        pipe = InstantIDPipeline.load(runtime_package, backend="openvino", face_models=face_pack, memory=mode,
+                                      cache=False)  # fmt: skip
+        pipe(face_rgb, _settings(steps=1))
+        assert overlapped == [early], mode
+        background = [name for name in threads if name.startswith("open")]
+        assert len(background) == (2 if early else 0), (mode, threads)
+
+
+def test_a_failed_run_leaves_nothing_opening_and_background_errors_surface(runtime_package, face_pack, face_rgb,
+                                                                          monkeypatch):  # fmt: skip
+    import time
+
+    from instantid_edge.runtime.errors import ConfigError, PackageError
+    from instantid_edge.runtime.package import ModelPackage
+    from instantid_edge.runtime.pipeline import InstantIDPipeline
+    from instantid_edge.runtime.text import TextEncoder
+
+    done = []
+
+    def slow_prepare(self, name, shapes):
+        time.sleep(0.3)
+        done.append(name)
+
+    def failing_embed(self, *args, **kwargs):
+        raise ConfigError("the text stage failed")
+
+    pipe = InstantIDPipeline.load(runtime_package, backend="onnxruntime", face_models=face_pack, memory="normal")
+    with monkeypatch.context() as patch:
+        patch.setattr(ModelPackage, "prepare", slow_prepare)
+        patch.setattr(TextEncoder, "embed", failing_embed)
+        with pytest.raises(ConfigError, match="the text stage failed"):
+            pipe(face_rgb, _settings(steps=1))
+        assert sorted(done) == ["identitynet", "unet"]  # waited for, not left running
+
+    def broken_prepare(self, name, shapes):
+        raise PackageError(f"{name} is broken")
+
+    monkeypatch.setattr(ModelPackage, "prepare", broken_prepare)
+    with pytest.raises(PackageError, match="is broken"):
+        pipe(face_rgb, _settings(steps=1))
