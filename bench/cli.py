@@ -121,3 +121,34 @@ def bench_memory(packages, out, backends, graphs, sizes, batches, levers, thread
     table = markdown_table(results["rows"])
     (out / "breakdown.md").write_text(table)
     click.echo(table)
+
+
+@click.command("bench-conv")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for conv.json/.md.")
+@click.option("--preset", type=click.Choice(PRESETS), default="full", show_default=True,
+              help="The architecture whose UNet convolutions are timed.")  # fmt: skip
+@click.option("--height", type=int, default=768, show_default=True)
+@click.option("--width", type=int, default=768, show_default=True)
+@click.option("--repeat", type=int, default=5, show_default=True, help="Timed calls per form (after a warm-up).")
+@click.option("--threads", type=int, help="Inference threads.")
+def bench_conv(out, preset, height, width, repeat, threads):
+    """Time the UNet's 3x3 convolutions in fp32 and int8 on both backends: are int8 convolutions faster here?
+
+    \b
+    Example:
+      instantid-edge bench-conv --height 768 --width 768 --threads 2 --out conv-768
+    """
+    import json
+
+    from ..runtime.errors import ConfigError
+    from .conv import conv_rates, markdown_table
+
+    if min(height, width, repeat) < 1 or height % 32 or width % 32:
+        raise ConfigError(f"--height/--width must be positive multiples of 32 and --repeat >= 1, got "
+                          f"{height}x{width}, {repeat}")  # fmt: skip
+    result = conv_rates(preset, height, width, threads, repeat)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "conv.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown_table(result)
+    (out / "conv.md").write_text(table)
+    click.echo(table)

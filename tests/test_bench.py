@@ -112,3 +112,37 @@ def test_flop_count_on_the_tiny_unet_grows_with_the_image(runtime_package):
     small, large = (_flops(runtime_package, "unet", size, size, 1) for size in (64, 128))
     assert 2.5 < large / small < 4.6
     assert _flops(runtime_package, "unet", 64, 64, 2) == 2 * small
+
+
+def test_bench_conv_times_each_unet_level_in_fp32_and_int8_on_both_backends(tmp_path):
+    from click.testing import CliRunner
+
+    from instantid_edge.bench.conv import FORMS
+    from instantid_edge.cli import cli
+    from instantid_edge.export.architecture import architecture
+
+    args = ["bench-conv", "--preset", "tiny", "--height", "128", "--width", "128", "--repeat", "1", "--threads", "2",
+            "--out", str(tmp_path / "conv")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "conv" / "conv.json").read_text())
+    assert report["isa"] and "int8 / fp32" in (tmp_path / "conv" / "conv.md").read_text()
+    channels = architecture("tiny").unet["block_out_channels"]
+    levels = [(row["channels"], row["height"]) for row in report["rows"]]
+    assert levels == [(c, 16 >> i) for i, c in enumerate(channels)]  # 128 pixels: 16 latents, halved per level
+    for row in report["rows"]:
+        assert all(row[form] > 0 for form in FORMS)
+        # the int8 forms compute the same convolution, within int8 rounding; fp32 OpenVINO within float rounding
+        assert row["onnxruntime_int8_error"] < 0.05 and row["openvino_int8_error"] < 0.05
+        assert row["openvino_fp32_error"] < 1e-4 and row["onnxruntime_fp32_error"] == 0
+
+
+@pytest.mark.parametrize("args", [["--height", "100"], ["--repeat", "0"]])
+def test_bench_conv_refuses_bad_sizes_and_writes_nothing(tmp_path, args):
+    from click.testing import CliRunner
+
+    from instantid_edge.cli import cli
+
+    result = CliRunner().invoke(cli, ["bench-conv", "--preset", "tiny", "--out", str(tmp_path / "conv"), *args])
+    assert result.exit_code != 0 and "multiples of 32" in result.output
+    assert not (tmp_path / "conv").exists()

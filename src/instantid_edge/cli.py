@@ -22,6 +22,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "instantid_edge.bench.cli:bench_memory",
         "Measure where each graph's memory goes (weights mapped/copied, load peak, activations) per size and batch.",
     ),
+    "bench-conv": (
+        "instantid_edge.bench.cli:bench_conv",
+        "Time the UNet's 3x3 convolutions in fp32 and int8 on both backends: are int8 convolutions faster here?",
+    ),
     "bench-watermark": (
         "instantid_edge.bench.watermark:bench_watermark",
         "Measure the watermark: detection under JPEG/resize/crop, false positives, PSNR, embed/detect time.",
