@@ -71,6 +71,9 @@ class ModelPackage:
         session = self._sessions[name]
         return session if self._recording is None else _RecordingSession(session, self._recording[name])
 
+    def is_open(self, name: str) -> bool:
+        return name in self._sessions
+
     def graph_bytes(self) -> dict[str, int]:
         """Bytes on disk of each graph's files in the format this package's backend reads."""
         return self.manifest.graph_bytes(backend(self.options.backend).format)

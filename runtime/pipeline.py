@@ -187,9 +187,11 @@ class InstantIDPipeline:
         return ("identitynet",) * (settings.identitynet_scale > 0) + controlnets + ("unet",)
 
     def _open_in_background(self, settings: GenerationSettings) -> tuple[Future, ...]:
-        """Open IdentityNet and the UNet, each in its own thread, for a one-chunk prompt (a weighted prompt's
-        longer text compiles again in `_open`)."""
-        names = self._denoisers(settings, ())
+        """Open IdentityNet and the UNet where they are not open yet, each in its own thread, for a one-chunk
+        prompt (a weighted prompt's longer text compiles again in `_open`)."""
+        names = tuple(name for name in self._denoisers(settings, ()) if not self.package.is_open(name))
+        if not names:  # the next image of a service: nothing to open (another size compiles in `_open`)
+            return ()
         batch = 1 if self.memory.cfg_split else (2 if settings.cfg else 1)
         manifest = self.package.manifest
         pool = ThreadPoolExecutor(len(names), thread_name_prefix="open")

@@ -119,6 +119,7 @@ def test_normal_mode_opens_the_denoisers_while_the_text_is_encoded(runtime_packa
 
     monkeypatch.setattr(ModelPackage, "prepare", prepare)
     monkeypatch.setattr(TextEncoder, "embed", embed)
+    pipes = {}
     for mode, early in (("normal", True), ("lean", False)):
         opened.clear(), threads.clear(), overlapped.clear()
         pipe = InstantIDPipeline.load(runtime_package, backend="openvino", face_models=face_pack, memory=mode,
@@ -127,6 +128,10 @@ def test_normal_mode_opens_the_denoisers_while_the_text_is_encoded(runtime_packa
         assert overlapped == [early], mode
         background = [name for name in threads if name.startswith("open")]
         assert len(background) == (2 if early else 0), (mode, threads)
+        pipes[mode] = pipe
+    opened.clear(), threads.clear(), overlapped.clear()
+    pipes["normal"](face_rgb, _settings(steps=1))  # the next image: normal kept them open, no thread starts
+    assert overlapped == [False] and threads == ["MainThread", "MainThread"], threads
 
 
 def test_a_failed_run_leaves_nothing_opening_and_background_errors_surface(runtime_package, face_pack, face_rgb,
