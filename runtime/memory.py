@@ -193,7 +193,7 @@ _MADV_DONTNEED = 4  # Linux
 def drop_mapped_pages(path: str | os.PathLike) -> int:
     """Drop this process's resident pages of its read-only memory maps of `path`; returns the bytes of mapping
     covered. OpenVINO keeps an IR's weights file mapped after compiling it, though the compiled model holds
-    its own copy and never reads the mapped pages again: at full size they are 2.5 GiB of the UNet's peak RSS
+    its own copy and never reads the mapped pages again: 2.5 GiB of the full int8 UNet's RSS once compiled
     (bench/RESULTS.md, "OpenVINO: the mapped weights dropped"). Read-only private maps of an unchanged file are safe
     to drop: a page read again comes back from the file. Where /proc or madvise is missing, nothing is done.
     """
