@@ -5,7 +5,8 @@ MatMuls with a constant 2-D weight become dynamic int8 (ONNX Runtime's fastest p
 Their weights use only -64..64 (runtime/cpu.py: full-range int8 saturates the u8 x s8 kernel of CPUs without
 VNNI). That keeps the fast u8 x s8 kernel on every x86 CPU; uint8 weights (the exact u8 x u8 kernel) ran 2.5x
 slower here with VNNI and 15-20% slower on AVX2 (bench/RESULTS.md, "int8 on CPUs without VNNI").
-Convolutions keep float compute with int8 weights: W = DequantizeLinear(W_q, W_s, axis=0) feeds the Conv.
+Convolutions keep float compute with int8 weights (policy.WEIGHT_ONLY_CONVOLUTIONS): W = DequantizeLinear(W_q,
+W_s, axis=0) feeds the Conv, run at every call (ONNX Runtime keeps no float copy).
 Embedding tables (Gather) stay int8 in memory: rows are gathered as int8, then scaled by their row's scale.
 Weights are symmetric int8, one scale per output channel. onnxruntime.quantization does the same rewrite
 in memory and needs two copies of the model: over 21 GiB for the SDXL UNet here.
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..export.onnx_files import ALIGNMENT
 from ..runtime.cpu import SAFE_INT8_WEIGHT
+from .policy import WEIGHT_ONLY_CONVOLUTIONS
 
 FULL_RANGE = 127  # weights dequantized to float before use (Conv, Gather): no integer kernel sees them
 
@@ -175,7 +177,7 @@ def quantize_weights(
                 w_q, w_scale = symmetric_int8(store.read(weight), axis=0)
                 new_initializers += [store.write(name + "_int8", w_q), store.write(name + "_scale", w_scale)]
                 new_nodes += _int8_gather(node, name, node.name or name)
-            elif eligible and node.op_type == "Conv":
+            elif eligible and node.op_type == "Conv" and WEIGHT_ONLY_CONVOLUTIONS["onnx"] == "int8":
                 w_q, w_scale = symmetric_int8(store.read(weight), axis=0)
                 zero = np.zeros_like(w_scale, dtype=np.int8)
                 new_initializers += [store.write(name + suffix, array) for suffix, array in

@@ -1,5 +1,7 @@
 """int8 (and int4) OpenVINO IR with NNCF: weight compression, hybrid, or full post-training quantization.
 
+The weight-only actions leave convolutions as policy.WEIGHT_ONLY_CONVOLUTIONS says (float: OpenVINO would
+decompress their int8 weights to f32 at compile time and keep both copies).
 Calibrated (integer) layers get NNCF's overflow fix in every layer, not only the first (its default): weights
 in half the int8 range, so the u8 x s8 kernels of CPUs without VNNI cannot saturate (runtime/cpu.py).
 """
@@ -7,6 +9,8 @@ in half the int8 range, so the u8 x s8 kernels of CPUs without VNNI cannot satur
 from __future__ import annotations
 
 from pathlib import Path
+
+CONVOLUTIONS = ["Convolution", "GroupConvolution", "ConvolutionBackpropData"]  # OpenVINO op types
 
 
 def quantize_openvino(
@@ -20,8 +24,12 @@ def quantize_openvino(
         OverflowFix,
     )
 
+    from .policy import WEIGHT_ONLY_CONVOLUTIONS
+
     model = ov.Core().read_model(str(source_xml))
     keep = nncf.IgnoredScope(patterns=keep_float, validate=False) if keep_float else None
+    if WEIGHT_ONLY_CONVOLUTIONS["openvino"] == "float" and action in ("weights", "int4"):
+        keep = nncf.IgnoredScope(types=CONVOLUTIONS, patterns=keep_float, validate=False)
     calibrated = AdvancedQuantizationParameters(
         smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1), overflow_fix=OverflowFix.ENABLE
     )
@@ -35,7 +43,7 @@ def quantize_openvino(
                               model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=calibrated)  # fmt: skip
         model = nncf.compress_weights(
             model, mode=nncf.CompressWeightsMode.INT8_ASYM,
-            ignored_scope=nncf.IgnoredScope(types=["Convolution"], patterns=keep_float, validate=False),
+            ignored_scope=nncf.IgnoredScope(types=CONVOLUTIONS, patterns=keep_float, validate=False),
         )  # fmt: skip
     elif action == "int4":
         from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
@@ -43,7 +51,6 @@ def quantize_openvino(
         from .policy import INT4
 
         # all_layers: the last MatMul too (NNCF would keep it int8; the ONNX rewrite has no such exception).
-        # Convolutions go to the int8 backup whatever the mode.
         fallback = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
                                                  min_adjusted_group_size=INT4.min_group_size)  # fmt: skip
         model = nncf.compress_weights(

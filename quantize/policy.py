@@ -3,7 +3,8 @@
 Actions: "fp32" (left as is), "weights" (int8 weights, float compute: MatMul/Gather weights in OpenVINO,
 dynamic int8 MatMul in ONNX Runtime), "hybrid" (int8 weights for MatMul/Gather, full int8 with calibrated
 activations for convolutions), "full" (int8 weights and calibrated activations everywhere allowed), "int4"
-(4-bit MatMul weights in groups, as INT4 says; convolutions and embeddings int8 weights).
+(4-bit MatMul weights in groups, as INT4 says; embeddings int8 weights). Where the two weight-only actions
+leave convolutions' weights depends on the backend: WEIGHT_ONLY_CONVOLUTIONS.
 The VAE stays fp32 (int8 gives artefacts and NaN-prone decodes); the image adapter is small and stays fp32;
 the text encoders get int8 weights only (activation quantization hurts them for little gain).
 """
@@ -35,12 +36,11 @@ class Int4Rule:
 
     MatMul weights: 4-bit symmetric, one scale per `group_size` weights along K. Where K is not a multiple, the
     largest power of two below it that divides K, down to `min_group_size` (NNCF's ADJUST fallback); below that
-    the MatMul stays int8. Convolutions (NNCF keeps them in its int8 backup) and embedding tables: int8 weights.
+    the MatMul stays int8. Embedding tables: int8 weights. Convolutions: WEIGHT_ONLY_CONVOLUTIONS.
     """
 
     group_size: int = 64  # divides every SDXL width (320, 640, 1280, 2048, 5120); 128 would not divide 320
     min_group_size: int = 16
-    convolutions: str = "int8"
     embeddings: str = "int8"
     accuracy_level: int = 4  # ONNX Runtime: int8 activations per group, integer dot products (onnx_int4.py)
 
@@ -54,6 +54,15 @@ class Int4Rule:
 
 
 INT4 = Int4Rule()
+
+# What the weight-only actions ("weights", "int4") store for convolution weights, per package format; their
+# compute is float either way. ONNX Runtime dequantizes int8 convolution weights at every call and keeps only
+# the int8 ones. OpenVINO's CPU plugin folds them to f32 once, at compile time, and keeps that folded copy
+# beside the reordered one its kernels read; stored as f32, the IR's mapped pages are all there is besides,
+# and those are dropped once compiled (runtime/memory.py). The full-size UNet's int8 convolutions folded to
+# f32 in its IR (output bit-identical): 1.25 GiB less memory compiled, IdentityNet 0.54 (bench/RESULTS.md
+# "OpenVINO: convolutions' weights stay float"). Left float, they are also the fp32 weights themselves.
+WEIGHT_ONLY_CONVOLUTIONS = {"onnx": "int8", "openvino": "float"}
 
 # Layers that stay float whatever the method (regular expressions over node names). IdentityNet's first
 # convolutions: quantizing the one on the latents "impacts the generation results" (OpenVINO's InstantID

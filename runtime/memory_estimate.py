@@ -5,8 +5,9 @@ first used (the denoisers before the first step, largest first; in modes that op
 top of the conditioning graphs), runs, and stays open until its mode closes it. Per graph g, at the run's size
 and batch:
 
-    weights(g)      bytes on disk (manifest) x RESIDENT[backend]: held while g is open (the backend's repacked
-                    copy of the weights, and the mapped pages it keeps reading)
+    weights(g)      bytes on disk (manifest) x RESIDENT[backend] (or RESIDENT_COMPRESSED_FLOAT_CONVOLUTIONS): held
+                    while g is open (the backend's repacked copy of the weights, and the mapped pages it keeps
+                    reading)
     loading(g)      bytes on disk x LOADING[backend]: held only while g opens or compiles (a second copy the
                     backend repacks from); x LOADING_FROM_CACHE when OpenVINO loads compiled blobs
     activations(g)  the static liveness peak of g's graph file at the run's shapes (activations.py) x
@@ -42,6 +43,11 @@ MARGIN = 0.15  # of physical memory, left to the system when auto decides
 # twice the liveness peak in IdentityNet, the UNet and the VAE alike; OpenVINO 0.75-1.8 by graph); and what the
 # backend's library and the face models' first runs add to the process.
 RESIDENT = {"onnxruntime": 1.05, "openvino": 2.2}
+# OpenVINO, weight-compressed IRs whose convolutions are stored float (quantize/policy.py WEIGHT_ONLY_CONVOLUTIONS,
+# recorded as `convolution_weights`): its copy in its own layout, the mapped IR dropped once compiled; measured on
+# the full-size int8 UNet at 768 (4.05 GiB for 3.92 GB on disk) and IdentityNet (bench/RESULTS.md "OpenVINO:
+# convolutions' weights stay float"). Compressed IRs with int8 convolutions hold about twice their size: RESIDENT.
+RESIDENT_COMPRESSED_FLOAT_CONVOLUTIONS = {"openvino": 1.1}
 LOADING = {"onnxruntime": 0.05, "openvino": 0.1}
 LOADING_FROM_CACHE = {"onnxruntime": 0.05, "openvino": 1.0}  # OpenVINO reading a compiled blob: +0.9 GiB / 0.93
 ACTIVATIONS = {"onnxruntime": 2.0, "openvino": 1.3}
@@ -86,9 +92,17 @@ class MemoryModel:
         self._loading = (LOADING_FROM_CACHE if cache else LOADING)[backend_name]
         self.format = backend(backend_name).format
         self.disk = {name: size for name, size in manifest.graph_bytes(self.format).items() if size}
+        self.resident = {name: self._resident(name) for name in self.disk}
+
+    def _resident(self, graph: str) -> float:
+        info = self.manifest.graph(graph)
+        stored = (info.quantization or {}).get("convolution_weights", {}).get(self.format)
+        if info.precision != "fp32" and stored == "float":
+            return RESIDENT_COMPRESSED_FLOAT_CONVOLUTIONS.get(self.backend, RESIDENT[self.backend])
+        return RESIDENT[self.backend]
 
     def weights(self, graph: str) -> int:
-        return int(self.disk.get(graph, 0) * RESIDENT[self.backend])
+        return int(self.disk.get(graph, 0) * self.resident.get(graph, 0.0))
 
     def loading(self, graph: str) -> int:
         return int(self.disk.get(graph, 0) * self._loading)

@@ -58,6 +58,19 @@ def test_a_warm_openvino_cache_raises_the_predicted_load_peak(runtime_package):
         assert (warm > cold) if higher else (warm == cold), (backend, cold, warm)
 
 
+def test_openvino_weights_with_float_convolutions_are_predicted_near_their_size(runtime_package, weights_package):
+    """The manifest's `convolution_weights` record picks the factor: OpenVINO holds an fp32 IR (or int8
+    convolutions) at about twice its size, a weight-compressed IR with float convolutions at about its size."""
+    from instantid_edge.runtime.manifest import read_manifest
+    from instantid_edge.runtime.memory_estimate import RESIDENT, RESIDENT_COMPRESSED_FLOAT_CONVOLUTIONS, MemoryModel
+
+    fp32, int8 = (MemoryModel(read_manifest(p), "openvino").resident for p in (runtime_package, weights_package))
+    assert fp32["unet"] == int8["vae_decoder"] == RESIDENT["openvino"]  # the VAE stays fp32
+    assert int8["unet"] == int8["identitynet"] == RESIDENT_COMPRESSED_FLOAT_CONVOLUTIONS["openvino"] < fp32["unet"]
+    onnx = MemoryModel(read_manifest(weights_package), "onnxruntime").resident  # int8 convolutions: no change
+    assert onnx["unet"] == RESIDENT["onnxruntime"]
+
+
 def _check(record: dict, memory: str) -> None:
     predicted = record["prediction"]["predicted_peak_gib"][record["mode"]]
     measured = record["measured_peak_gib"]

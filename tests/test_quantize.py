@@ -26,10 +26,31 @@ def _bytes(package, graph, fmt):
     )
 
 
+def openvino_convolution_weights(package, graph) -> dict[str, int]:
+    """{element type of each convolution's weight constant, "decompressed" when a subgraph makes it: bytes}."""
+    import openvino as ov
+
+    from instantid_edge.runtime.manifest import read_manifest
+
+    model = ov.Core().read_model(str(read_manifest(package).graph(graph).path(package, "openvino")))
+    found: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in ("Convolution", "GroupConvolution"):
+            weight = op.input_value(1).get_node()
+            constant = weight.get_type_name() == "Constant"
+            kind = weight.get_output_element_type(0).get_type_name() if constant else "decompressed"
+            found[kind] = found.get(kind, 0) + (weight.get_byte_size() if constant else 0)
+    return found
+
+
 def test_weights_method_shrinks_weight_bytes_about_4x(runtime_package, weights_package):
+    """Every quantized weight 4x smaller; OpenVINO's convolutions stay float (policy.WEIGHT_ONLY_CONVOLUTIONS)."""
     for graph in QUANTIZED:
         for fmt in ("onnx", "openvino"):
-            ratio = _bytes(runtime_package, graph, fmt) / _bytes(weights_package, graph, fmt)
+            float_convolutions = openvino_convolution_weights(weights_package, graph).get("f32", 0) if (
+                fmt == "openvino") else 0  # fmt: skip
+            ratio = (_bytes(runtime_package, graph, fmt) - float_convolutions) / (
+                _bytes(weights_package, graph, fmt) - float_convolutions)  # fmt: skip
             assert 3.3 < ratio < 4.1, (graph, fmt, ratio)
     assert _bytes(weights_package, "vae_decoder", "onnx") == _bytes(runtime_package, "vae_decoder", "onnx")
     calibration = json.loads((weights_package / "manifest.json").read_text())["quantization"]["calibration"]
@@ -56,6 +77,26 @@ def test_int8_package_runs_within_fidelity_bounds(request, runtime_package, face
     assert recorded["end_to_end"][backend]["image_psnr_db"] > BOUNDS[method]["image_psnr_db"]
 
 
+@pytest.mark.parametrize("method", ["weights", "int4"])
+def test_weight_only_methods_leave_openvino_convolutions_float(request, runtime_package, method):
+    """OpenVINO would decompress int8 convolution weights to f32 at compile time and keep both copies; ONNX
+    Runtime dequantizes them at every call, so its graphs keep them int8. The manifest says which."""
+    import onnx
+
+    from instantid_edge.runtime.manifest import read_manifest
+
+    package = request.getfixturevalue(f"{method}_package")
+    manifest = read_manifest(package)
+    for graph in ("identitynet", "unet"):
+        assert manifest.graph(graph).quantization["convolution_weights"] == {"onnx": "int8", "openvino": "float"}
+        assert openvino_convolution_weights(package, graph) == openvino_convolution_weights(runtime_package, graph)
+        assert set(openvino_convolution_weights(package, graph)) == {"f32"}
+        nodes = onnx.load(str(manifest.graph(graph).path(package, "onnx")), load_external_data=False).graph.node
+        made_by = {out: node.op_type for node in nodes for out in node.output}
+        conv_weights = {made_by.get(node.input[1]) for node in nodes if node.op_type == "Conv"}
+        assert "DequantizeLinear" in conv_weights, conv_weights  # keep_float convolutions aside, int8
+
+
 def test_manifest_records_method_policy_calibration_and_fidelity(hybrid_package):
     from instantid_edge.runtime.manifest import read_manifest, verify_files
 
@@ -69,6 +110,7 @@ def test_manifest_records_method_policy_calibration_and_fidelity(hybrid_package)
     assert record["calibration"]["size"] == [128, 128]
     assert manifest.graph("unet").precision == "int8" and manifest.graph("vae_decoder").precision == "fp32"
     assert manifest.graph("identitynet").quantization["keep_float"]  # its first convolutions stay float
+    assert "convolution_weights" not in manifest.graph("unet").quantization  # calibrated: int8 on both
     assert len(record["source_package"]["manifest_sha256"]) == 64
     assert record["measured_on"]["cpu"] and "saturation_free_int8" in record["measured_on"]
     kernels = manifest.graph("unet").quantization["integer_kernels"]
