@@ -28,6 +28,7 @@ import ctypes
 import gc
 import os
 import resource
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -211,3 +212,28 @@ def drop_mapped_pages(path: str | os.PathLike) -> int:
                 if libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
                     covered += end - start
     return covered
+
+
+@contextlib.contextmanager
+def dropping_mapped_pages(path: str | os.PathLike, every: float = 0.25):
+    """Drop this process's mapped pages of `path` every `every` seconds while the block runs, and once after.
+
+    OpenVINO maps the whole IR while compiling it and copies each weight into its own layout; the pages it has
+    read stay resident until the compile ends, on top of the copy it has made: the full-size UNet's compile
+    peaked at its 4.15 GiB copy plus 3.4 GiB of mapped pages (bench/RESULTS.md, "OpenVINO: convolutions'
+    weights stay float"). A page read again after a drop comes back from the file (drop_mapped_pages).
+    """
+    done = threading.Event()
+
+    def drop() -> None:
+        while not done.wait(every):
+            drop_mapped_pages(path)
+
+    worker = threading.Thread(target=drop, name="drop-mapped", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        worker.join()
+        drop_mapped_pages(path)

@@ -12,6 +12,7 @@ the memory goes"); the defaults are the measured best.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -21,7 +22,7 @@ import numpy as np
 from .backends import backend
 from .errors import ConfigError, PackageError
 from .manifest import GraphInfo, TensorSpec
-from .memory import drop_mapped_pages
+from .memory import dropping_mapped_pages
 
 
 class Session(Protocol):
@@ -48,7 +49,7 @@ class Levers:
     ort_initializers_outside_arena: bool = False  # session.use_device_allocator_for_initializers
     ov_mmap: bool = True  # OpenVINO reads the IR's weights through a memory map (ENABLE_MMAP)
     ov_streams: int = 0  # OpenVINO NUM_STREAMS; 0: what the LATENCY hint picks (one stream)
-    ov_drop_mapped: bool = True  # drop the IR's mapped weight pages from memory once compiled (re-read if used)
+    ov_drop_mapped: bool = True  # drop the IR's mapped weight pages while compiling and after (re-read if used)
 
     def ort_session(self) -> dict[str, bool]:
         """onnxruntime.SessionOptions attributes."""
@@ -190,11 +191,12 @@ class OvSession:
             self._compiled = self._shapes = None  # the old compiled weights go before the new ones come
             model = self._core.read_model(str(self._path))
             model.reshape({name: list(shape) for name, shape in shapes.items()})
-            self._compiled = self._core.compile_model(model, "CPU", self._config)
-            self._shapes = key
-            del model
-            if self._drop_mapped:  # OpenVINO keeps the file mapped; an int8 model holds its own copy of it all
-                drop_mapped_pages(self._path.with_suffix(".bin"))
+            # OpenVINO keeps the file mapped; an int8 model holds its own copy of it all
+            weights = self._path.with_suffix(".bin")
+            with dropping_mapped_pages(weights) if self._drop_mapped else contextlib.nullcontext():
+                self._compiled = self._core.compile_model(model, "CPU", self._config)
+                self._shapes = key
+                del model
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.compile_for({name: array.shape for name, array in feeds.items()})

@@ -82,6 +82,28 @@ def test_dropping_mapped_pages_frees_them_and_keeps_the_data(tmp_path):
     assert drop_mapped_pages(tmp_path / "not-mapped.bin") == 0
 
 
+def test_mapped_pages_are_dropped_while_a_block_runs_and_after_it(tmp_path):
+    """What OpenVINO's compile does: read a mapped file page by page while the pages read so far get dropped."""
+    import mmap
+    import time
+
+    from instantid_edge.runtime.memory import dropping_mapped_pages
+
+    path = tmp_path / "weights.bin"
+    data = bytes(range(256)) * 4096 * 4  # 4 MiB
+    path.write_bytes(data)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        with dropping_mapped_pages(path, every=0.05):
+            assert view[:] == data
+            deadline = time.monotonic() + 5.0
+            while _mapped_rss(path) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert _mapped_rss(path) == 0  # dropped inside the block
+            assert view[: len(data) // 2] == data[: len(data) // 2]  # read again from the file
+        assert _mapped_rss(path) == 0  # and once more on the way out
+        assert view[:] == data
+
+
 def test_openvino_drops_the_mapped_weights_once_compiled_and_computes_the_same(weights_package):
     """OpenVINO keeps the IR's weights file mapped after compile_model; the session drops those pages (the
     ov_drop_mapped lever), and what the compiled model reads again comes back from the file: same outputs."""
