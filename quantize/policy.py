@@ -57,9 +57,9 @@ INT4 = Int4Rule()
 
 # What the weight-only actions ("weights", "int4") store for convolution weights, per package format; their
 # compute is float either way. ONNX Runtime dequantizes int8 convolution weights at every call and keeps only
-# the int8 ones. OpenVINO's CPU plugin folds them to f32 once, at compile time, and keeps that folded copy
-# beside the reordered one its kernels read; stored as f32, the IR's mapped pages are all there is besides,
-# and those are dropped once compiled (runtime/memory.py). The full-size UNet's int8 convolutions folded to
+# the int8 ones. OpenVINO's CPU plugin folds them to f32 once, at compile time, and then holds about a second
+# f32 copy of them (measured, not traced inside OpenVINO); stored as f32, the IR's mapped pages are all there is
+# besides, and those are dropped once compiled (runtime/memory.py). The full-size UNet's int8 convolutions folded to
 # f32 in its IR (output bit-identical): 1.25 GiB less memory compiled, IdentityNet 0.54 (bench/RESULTS.md
 # "OpenVINO: convolutions' weights stay float"). Left float, they are also the fp32 weights themselves.
 WEIGHT_ONLY_CONVOLUTIONS = {"onnx": "int8", "openvino": "float"}

@@ -45,7 +45,7 @@ MARGIN = 0.15  # of physical memory, left to the system when auto decides
 RESIDENT = {"onnxruntime": 1.05, "openvino": 2.2}
 # OpenVINO, weight-compressed IRs whose convolutions are stored float (quantize/policy.py WEIGHT_ONLY_CONVOLUTIONS,
 # recorded as `convolution_weights`): its copy in its own layout, the mapped IR dropped once compiled; measured on
-# the full-size int8 UNet at 768 (4.05 GiB for 3.92 GB on disk) and IdentityNet (bench/RESULTS.md "OpenVINO:
+# the full-size int8 UNet at 768 (4.15 GiB copied for 3.66 GiB on disk) and IdentityNet (bench/RESULTS.md "OpenVINO:
 # convolutions' weights stay float"). Compressed IRs with int8 convolutions hold about twice their size: RESIDENT.
 RESIDENT_COMPRESSED_FLOAT_CONVOLUTIONS = {"openvino": 1.1}
 LOADING = {"onnxruntime": 0.05, "openvino": 0.1}
