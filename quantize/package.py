@@ -30,7 +30,7 @@ from ..tools.peak_memory import PeakMemory
 from .calibrate import Recording, calibration_faces, calibration_prompts, record
 from .fidelity import end_to_end, graph_fidelity, run_all
 from .integer_kernels import integer_kernel_record
-from .policy import INT4, KEEP_FLOAT, PRECISION, WEIGHT_ONLY_CONVOLUTIONS, policy_for
+from .policy import INT4, KEEP_FLOAT, PRECISION, convolution_weights, policy_for
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,7 @@ def _quantize_graph(name, action, graph: GraphInfo, source: Path, work: Path, sa
         },  # fmt: skip
         "integer_kernels": kernels,
     }
-    if action in ("weights", "int4"):
-        quantization["convolution_weights"] = {fmt: WEIGHT_ONLY_CONVOLUTIONS[fmt] for fmt in files}
+    quantization["convolution_weights"] = {fmt: convolution_weights(action, fmt) for fmt in files}
     if action == "int4":
         quantization["int4"] = asdict(INT4)
     return replace(graph, precision=PRECISION[action], files=files, quantization=quantization)

@@ -63,6 +63,13 @@ INT4 = Int4Rule()
 # f32 in its IR (output bit-identical): 1.25 GiB less memory compiled, IdentityNet 0.54 (bench/RESULTS.md
 # "OpenVINO: convolutions' weights stay float"). Left float, they are also the fp32 weights themselves.
 WEIGHT_ONLY_CONVOLUTIONS = {"onnx": "int8", "openvino": "float"}
+CALIBRATED = "calibrated"  # what "hybrid" and "full" store: int8 weights run by integer kernels on both backends
+
+
+def convolution_weights(action: str, fmt: str) -> str:
+    """How a quantized graph's convolutions are stored, recorded per graph (the memory estimate reads it)."""
+    return WEIGHT_ONLY_CONVOLUTIONS[fmt] if action in ("weights", "int4") else CALIBRATED
+
 
 # Layers that stay float whatever the method (regular expressions over node names). IdentityNet's first
 # convolutions: quantizing the one on the latents "impacts the generation results" (OpenVINO's InstantID

@@ -5,7 +5,7 @@ first used (the denoisers before the first step, largest first; in modes that op
 top of the conditioning graphs), runs, and stays open until its mode closes it. Per graph g, at the run's size
 and batch:
 
-    weights(g)      bytes on disk (manifest) x RESIDENT[backend] (or RESIDENT_COMPRESSED_FLOAT_CONVOLUTIONS): held
+    weights(g)      bytes on disk (manifest) x RESIDENT[backend] (or RESIDENT_QUANTIZED): held
                     while g is open (the backend's repacked copy of the weights, and the mapped pages it keeps
                     reading)
     loading(g)      bytes on disk x LOADING[backend]: held only while g opens or compiles (a second copy the
@@ -43,11 +43,14 @@ MARGIN = 0.15  # of physical memory, left to the system when auto decides
 # twice the liveness peak in IdentityNet, the UNet and the VAE alike; OpenVINO 0.75-1.8 by graph); and what the
 # backend's library and the face models' first runs add to the process.
 RESIDENT = {"onnxruntime": 1.05, "openvino": 2.2}
-# OpenVINO, weight-compressed IRs whose convolutions are stored float (quantize/policy.py WEIGHT_ONLY_CONVOLUTIONS,
-# recorded as `convolution_weights`): its copy in its own layout, the mapped IR dropped once compiled; measured on
-# the full-size int8 UNet at 768 (4.15 GiB copied for 3.66 GiB on disk) and IdentityNet (bench/RESULTS.md "OpenVINO:
-# convolutions' weights stay float"). Compressed IRs with int8 convolutions hold about twice their size: RESIDENT.
-RESIDENT_COMPRESSED_FLOAT_CONVOLUTIONS = {"openvino": 1.1}
+# OpenVINO, quantized IRs, by (precision, how their convolutions are stored: the manifest's `convolution_weights`,
+# quantize/policy.py): its copy in its own layout, the mapped IR dropped once compiled. Measured with bench-memory on
+# the full-size UNet and IdentityNet at 768, batch 1 (bench/RESULTS.md): int8 weights with float convolutions 1.13
+# and 1.11 ("OpenVINO: convolutions' weights stay float"), int4 with float convolutions 1.28 and 1.24, calibrated
+# int8 convolutions ("hybrid") 1.23 and 1.20 ("OpenVINO: hybrid int8 at full size"). Quantized IRs without the record
+# (older packages: int8 convolutions folded to f32 at compile time and then held twice) hold about twice their
+# size: RESIDENT.
+RESIDENT_QUANTIZED = {"openvino": {("int8", "float"): 1.1, ("int4", "float"): 1.28, ("int8", "calibrated"): 1.22}}
 LOADING = {"onnxruntime": 0.05, "openvino": 0.1}
 LOADING_FROM_CACHE = {"onnxruntime": 0.05, "openvino": 1.0}  # OpenVINO reading a compiled blob: +0.9 GiB / 0.93
 ACTIVATIONS = {"onnxruntime": 2.0, "openvino": 1.3}
@@ -96,10 +99,11 @@ class MemoryModel:
 
     def _resident(self, graph: str) -> float:
         info = self.manifest.graph(graph)
-        stored = (info.quantization or {}).get("convolution_weights", {}).get(self.format)
-        if info.precision != "fp32" and stored == "float":
-            return RESIDENT_COMPRESSED_FLOAT_CONVOLUTIONS.get(self.backend, RESIDENT[self.backend])
-        return RESIDENT[self.backend]
+        record = info.quantization or {}
+        stored = record.get("convolution_weights", {}).get(self.format)
+        if stored is None and record.get("action") in ("hybrid", "full"):
+            stored = "calibrated"  # packages quantized before the record: calibrated convolutions all the same
+        return RESIDENT_QUANTIZED.get(self.backend, {}).get((info.precision, stored), RESIDENT[self.backend])
 
     def weights(self, graph: str) -> int:
         return int(self.disk.get(graph, 0) * self.resident.get(graph, 0.0))

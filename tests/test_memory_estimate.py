@@ -58,17 +58,27 @@ def test_a_warm_openvino_cache_raises_the_predicted_load_peak(runtime_package):
         assert (warm > cold) if higher else (warm == cold), (backend, cold, warm)
 
 
-def test_openvino_weights_with_float_convolutions_are_predicted_near_their_size(runtime_package, weights_package):
-    """The manifest's `convolution_weights` record picks the factor: OpenVINO holds an fp32 IR (or int8
-    convolutions) at about twice its size, a weight-compressed IR with float convolutions at about its size."""
+@pytest.mark.parametrize("method", ["weights", "hybrid", "int4"])
+def test_openvino_quantized_graphs_are_predicted_by_their_convolutions_record(request, runtime_package, method):
+    """The manifest's precision and `convolution_weights` record pick the factor: OpenVINO holds an fp32 IR (or
+    one with int8 convolutions decompressed at compile time) at about twice its size, the IRs `quantize` writes
+    now near their size; ONNX Runtime the same factor for all."""
     from instantid_edge.runtime.manifest import read_manifest
-    from instantid_edge.runtime.memory_estimate import RESIDENT, RESIDENT_COMPRESSED_FLOAT_CONVOLUTIONS, MemoryModel
+    from instantid_edge.runtime.memory_estimate import RESIDENT, RESIDENT_QUANTIZED, MemoryModel
 
-    fp32, int8 = (MemoryModel(read_manifest(p), "openvino").resident for p in (runtime_package, weights_package))
-    assert fp32["unet"] == int8["vae_decoder"] == RESIDENT["openvino"]  # the VAE stays fp32
-    assert int8["unet"] == int8["identitynet"] == RESIDENT_COMPRESSED_FLOAT_CONVOLUTIONS["openvino"] < fp32["unet"]
-    onnx = MemoryModel(read_manifest(weights_package), "onnxruntime").resident  # int8 convolutions: no change
+    package = request.getfixturevalue(f"{method}_package")
+    fp32, quantized = (MemoryModel(read_manifest(p), "openvino").resident for p in (runtime_package, package))
+    assert fp32["unet"] == quantized["vae_decoder"] == RESIDENT["openvino"]  # the VAE stays fp32
+    expected = {"weights": ("int8", "float"), "hybrid": ("int8", "calibrated"), "int4": ("int4", "float")}[method]
+    assert quantized["unet"] == quantized["identitynet"] == RESIDENT_QUANTIZED["openvino"][expected] < fp32["unet"]
+    onnx = MemoryModel(read_manifest(package), "onnxruntime").resident
     assert onnx["unet"] == RESIDENT["onnxruntime"]
+    if method == "hybrid":  # packages quantized before the record: their action says it
+        older = read_manifest(package)
+        for name in ("unet", "identitynet"):
+            info = older.graphs[name]
+            del info.quantization["convolution_weights"]
+        assert MemoryModel(older, "openvino").resident["unet"] == quantized["unet"]
 
 
 def _check(record: dict, memory: str) -> None:

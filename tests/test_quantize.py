@@ -27,7 +27,8 @@ def _bytes(package, graph, fmt):
 
 
 def openvino_convolution_weights(package, graph) -> dict[str, int]:
-    """{element type of each convolution's weight constant, "decompressed" when a subgraph makes it: bytes}."""
+    """{element type each convolution's weights are stored in: bytes}; for weights a decompression subgraph
+    (Convert, Subtract, Multiply) makes, the type of the constant it starts from."""
     import openvino as ov
 
     from instantid_edge.runtime.manifest import read_manifest
@@ -37,9 +38,10 @@ def openvino_convolution_weights(package, graph) -> dict[str, int]:
     for op in model.get_ordered_ops():
         if op.get_type_name() in ("Convolution", "GroupConvolution"):
             weight = op.input_value(1).get_node()
-            constant = weight.get_type_name() == "Constant"
-            kind = weight.get_output_element_type(0).get_type_name() if constant else "decompressed"
-            found[kind] = found.get(kind, 0) + (weight.get_byte_size() if constant else 0)
+            while weight.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape"):
+                weight = weight.input_value(0).get_node()
+            kind = weight.get_output_element_type(0).get_type_name()
+            found[kind] = found.get(kind, 0) + weight.get_byte_size()
     return found
 
 
@@ -110,7 +112,9 @@ def test_manifest_records_method_policy_calibration_and_fidelity(hybrid_package)
     assert record["calibration"]["size"] == [128, 128]
     assert manifest.graph("unet").precision == "int8" and manifest.graph("vae_decoder").precision == "fp32"
     assert manifest.graph("identitynet").quantization["keep_float"]  # its first convolutions stay float
-    assert "convolution_weights" not in manifest.graph("unet").quantization  # calibrated: int8 on both
+    calibrated = {"onnx": "calibrated", "openvino": "calibrated"}
+    assert manifest.graph("unet").quantization["convolution_weights"] == calibrated
+    assert set(openvino_convolution_weights(hybrid_package, "unet")) == {"i8"}  # integer kernels read int8 weights
     assert len(record["source_package"]["manifest_sha256"]) == 64
     assert record["measured_on"]["cpu"] and "saturation_free_int8" in record["measured_on"]
     kernels = manifest.graph("unet").quantization["integer_kernels"]
