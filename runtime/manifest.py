@@ -192,6 +192,11 @@ class GraphInfo:
             raise PackageError(f"graph {self.name} has no {fmt} files in this package (it has {sorted(self.files)})")
         return root / self.files[fmt][0]["path"]
 
+    def weight_paths(self, root: Path, fmt: str) -> tuple[Path, ...]:
+        """The files beside the graph file (ONNX external data, OpenVINO's .bin): what a backend maps."""
+        self.path(root, fmt)
+        return tuple(root / entry["path"] for entry in self.files[fmt][1:])
+
     def to_dict(self) -> dict:
         data = {
             "precision": self.precision,

@@ -54,6 +54,9 @@ class Mode:
     # ONNX Runtime plans each call's activations into one block (its memory pattern): about twice the
     # liveness peak, for ~9% less time per call on the full UNet (bench/RESULTS.md); off in the lean modes
     planned_activations: bool = True
+    # ONNX Runtime reads the weights it does not prepack (int4's MatMulNBits, for one) in place from the mapped
+    # data file; dropping those pages while a call runs (Levers.ort_drop_mapped) saves them for ~10% per call
+    drops_mapped_weights: bool = False
     # the denoisers open (OpenVINO: compile or load their blobs) together, in the background while the text
     # encoders run: a shorter start, with every opening transient at once on top of the conditioning graphs
     opens_early: bool = False
@@ -66,10 +69,12 @@ MODES = {mode.name: mode for mode in (
     Mode("normal", {}, False, None, "every graph stays open; the denoisers open while the text is encoded",
          opens_early=True),
     Mode("low", _LOW, False, None, "each graph closes once its stage is done (reopened for the next image)"),
-    Mode("lean", _LOW, True, DECODE_TILE, "low, with CFG as two batch-1 calls, the VAE decoded in tiles and "
-         "no planned activation blocks", planned_activations=False),
+    Mode("lean", _LOW, True, DECODE_TILE, "low, with CFG as two batch-1 calls, the VAE decoded in tiles, "
+         "no planned activation blocks and weights read in place not kept", planned_activations=False,
+         drops_mapped_weights=True),
     Mode("minimal", _ONE_DENOISER, True, DECODE_TILE,
-         "lean, with one denoiser graph open at a time: both reopen every step (slow)", planned_activations=False),
+         "lean, with one denoiser graph open at a time: both reopen every step (slow)", planned_activations=False,
+         drops_mapped_weights=True),
 )}  # fmt: skip
 MEMORY_MODES = ("auto", *MODES)
 
@@ -125,6 +130,10 @@ class MemoryPolicy:
     @property
     def planned_activations(self) -> bool:
         return MODES[self.mode].planned_activations
+
+    @property
+    def drops_mapped_weights(self) -> bool:
+        return MODES[self.mode].drops_mapped_weights
 
     def closes_after(self, stage: str) -> tuple[str, ...]:
         if stage not in STAGES:
@@ -191,32 +200,53 @@ def release_memory() -> None:
 _MADV_DONTNEED = 4  # Linux
 
 
-def drop_mapped_pages(path: str | os.PathLike) -> int:
+def drop_mapped_pages(path: str | os.PathLike, unwritten_private: bool = False) -> int:
     """Drop this process's resident pages of its read-only memory maps of `path`; returns the bytes of mapping
     covered. OpenVINO keeps an IR's weights file mapped after compiling it, though the compiled model holds
     its own copy and never reads the mapped pages again: 2.5 GiB of the full int8 UNet's RSS once compiled
     (bench/RESULTS.md, "OpenVINO: the mapped weights dropped"). Read-only private maps of an unchanged file are safe
     to drop: a page read again comes back from the file. Where /proc or madvise is missing, nothing is done.
+
+    `unwritten_private`: also drop private writable maps none of whose pages was written (no anonymous page in
+    /proc/self/smaps). ONNX Runtime maps each external weight so and reads some in place at every call, without
+    writing them once the session is made. Only for such a library: one that may write a page between the check and
+    the drop (OpenVINO does, while it compiles) would lose the write.
     """
     target = os.path.realpath(path)
     covered = 0
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                fields = line.split(maxsplit=5)
-                if len(fields) < 6 or "w" in fields[1] or fields[5].rstrip("\n") != target:
-                    continue
-                start, end = (int(value, 16) for value in fields[0].split("-"))
-                if libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
-                    covered += end - start
+        for start, end, writable, private, anonymous in _mappings_of(target, unwritten_private):
+            droppable = not writable or (unwritten_private and private and anonymous == 0)
+            if droppable and libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
+                covered += end - start
     return covered
 
 
+def _mappings_of(target: str, anonymous: bool) -> list[tuple[int, int, bool, bool, int | None]]:
+    """(start, end, writable, private, anonymous bytes) of each of this process's maps of the file `target`;
+    `anonymous`: read the written pages from /proc/self/smaps (slower), else None from /proc/self/maps."""
+    found: list[list] = []
+    current = None
+    with open("/proc/self/smaps" if anonymous else "/proc/self/maps") as listing:
+        for line in listing:
+            fields = line.split(maxsplit=5)
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's line (maps) or header line (smaps)
+                current = None
+                if len(fields) == 6 and fields[5].rstrip("\n") == target:
+                    start, end = (int(value, 16) for value in fields[0].split("-"))
+                    current = [start, end, "w" in fields[1], fields[1].endswith("p"), None]
+                    found.append(current)
+            elif current is not None and fields[0] == "Anonymous:":
+                current[4] = int(fields[1]) * 1024
+    return [tuple(mapping) for mapping in found]
+
+
 @contextlib.contextmanager
-def dropping_mapped_pages(path: str | os.PathLike, every: float = 0.25):
-    """Drop this process's mapped pages of `path` every `every` seconds while the block runs, and once after.
+def dropping_mapped_pages(path: str | os.PathLike, every: float = 0.25, unwritten_private: bool = False):
+    """Drop this process's mapped pages of `path` every `every` seconds while the block runs, and once after
+    (`unwritten_private`: drop_mapped_pages).
 
     OpenVINO maps the whole IR while compiling it and copies each weight into its own layout; the pages it has
     read stay resident until the compile ends, on top of the copy it has made: the full-size UNet's compile
@@ -227,7 +257,7 @@ def dropping_mapped_pages(path: str | os.PathLike, every: float = 0.25):
 
     def drop() -> None:
         while not done.wait(every):
-            drop_mapped_pages(path)
+            drop_mapped_pages(path, unwritten_private)
 
     worker = threading.Thread(target=drop, name="drop-mapped", daemon=True)
     worker.start()
@@ -236,4 +266,4 @@ def dropping_mapped_pages(path: str | os.PathLike, every: float = 0.25):
     finally:
         done.set()
         worker.join()
-        drop_mapped_pages(path)
+        drop_mapped_pages(path, unwritten_private)

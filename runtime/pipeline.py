@@ -161,8 +161,10 @@ class InstantIDPipeline:
         settings = self._resolve(settings.validate(), canvas, init_rgb is not None)
         width, height = settings.width, settings.height
         self.memory = self.plan_memory(settings, decoder)
-        levers = self.package.options.levers
-        self.package.use_levers(replace(levers, ort_memory_pattern=self.memory.planned_activations))
+        memory = self.memory
+        levers = replace(self.package.options.levers, ort_memory_pattern=memory.planned_activations,
+                         ort_drop_mapped=memory.drops_mapped_weights)  # fmt: skip
+        self.package.use_levers(levers)
         faces = timer.run("face", face_conditioning, self.analyzer, face_rgb, width, height, pose_rgb)
         shape = self.package.manifest.architecture.latent_shape(height, width)
         if noise is not None:

@@ -47,6 +47,7 @@ class Levers:
     ort_memory_pattern: bool = True  # plan a shape's intermediate tensors into one block (enable_mem_pattern)
     ort_prepacking: bool = True  # repack constant weights for the kernels at load (session.disable_prepacking)
     ort_initializers_outside_arena: bool = False  # session.use_device_allocator_for_initializers
+    ort_drop_mapped: bool = False  # drop the weights read in place from the mapped data file while a call runs
     ov_mmap: bool = True  # OpenVINO reads the IR's weights through a memory map (ENABLE_MMAP)
     ov_streams: int = 0  # OpenVINO NUM_STREAMS; 0: what the LATENCY hint picks (one stream)
     ov_drop_mapped: bool = True  # drop the IR's mapped weight pages while compiling and after (re-read if used)
@@ -111,7 +112,7 @@ def _check_io(graph: GraphInfo, actual: list[tuple[str, str, tuple]], kind: str,
 
 
 class OrtSession:
-    def __init__(self, graph: GraphInfo, path: Path, options: SessionOptions):
+    def __init__(self, graph: GraphInfo, path: Path, options: SessionOptions, weights: tuple[Path, ...] = ()):
         import onnxruntime as ort
 
         settings = ort.SessionOptions()
@@ -139,16 +140,22 @@ class OrtSession:
         _check_io(graph, described(self._session.get_outputs()), "outputs", path)
         self.name, self.inputs, self.outputs = graph.name, graph.inputs, graph.outputs
         self._output_names = [spec.name for spec in graph.outputs]
+        # ONNX Runtime maps the external data file and reads the weights it did not prepack in place, every call
+        self._drop_mapped = weights if options.levers.ort_drop_mapped else ()
 
     def compile_for(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """Nothing to do: ONNX Runtime plans each call at its shapes."""
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._output_names, self._session.run(self._output_names, feeds), strict=True))
+        with contextlib.ExitStack() as dropping:
+            for weights in self._drop_mapped:
+                dropping.enter_context(dropping_mapped_pages(weights, unwritten_private=True))
+            outputs = self._session.run(self._output_names, feeds)
+        return dict(zip(self._output_names, outputs, strict=True))
 
 
 class OvSession:
-    def __init__(self, graph: GraphInfo, path: Path, options: SessionOptions):
+    def __init__(self, graph: GraphInfo, path: Path, options: SessionOptions, weights: tuple[Path, ...] = ()):
         import openvino as ov
 
         self._core = ov.Core()
@@ -182,7 +189,7 @@ class OvSession:
             self._config["INFERENCE_NUM_THREADS"] = options.threads
         self._shapes: tuple | None = None
         self._compiled = None
-        self._drop_mapped = options.levers.ov_drop_mapped
+        self._drop_mapped = weights if options.levers.ov_drop_mapped else ()
 
     def compile_for(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """Compile for these input shapes (a run at other shapes compiles again, dropping this one first)."""
@@ -192,8 +199,9 @@ class OvSession:
             model = self._core.read_model(str(self._path))
             model.reshape({name: list(shape) for name, shape in shapes.items()})
             # OpenVINO keeps the file mapped; an int8 model holds its own copy of it all
-            weights = self._path.with_suffix(".bin")
-            with dropping_mapped_pages(weights) if self._drop_mapped else contextlib.nullcontext():
+            with contextlib.ExitStack() as dropping:
+                for weights in self._drop_mapped:
+                    dropping.enter_context(dropping_mapped_pages(weights))
                 self._compiled = self._core.compile_model(model, "CPU", self._config)
                 self._shapes = key
                 del model
@@ -213,4 +221,5 @@ def open_session(graph: GraphInfo, root: Path, options: SessionOptions) -> Sessi
         raise PackageError(
             f"graph file {path} is missing; the package is incomplete (check it with `instantid-edge inspect`)"
         )
-    return _SESSION_TYPES[options.backend](graph, path, options)
+    weights = graph.weight_paths(Path(root), backend(options.backend).format)
+    return _SESSION_TYPES[options.backend](graph, path, options, weights)

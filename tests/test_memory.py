@@ -45,9 +45,11 @@ def test_each_mode_closes_what_it_promises_after_each_stage():
         MemoryPolicy("low").closes_after("loading")
 
 
-def test_lean_and_minimal_split_cfg_and_tile_the_decode():
-    assert [MemoryPolicy(m).cfg_split for m in ("normal", "low", "lean", "minimal")] == [False, False, True, True]
-    assert [MemoryPolicy(m).decode_tile for m in ("normal", "low", "lean", "minimal")] == [None, None, 64, 64]
+def test_lean_and_minimal_split_cfg_tile_the_decode_and_drop_mapped_weights():
+    modes = ("normal", "low", "lean", "minimal")
+    assert [MemoryPolicy(m).cfg_split for m in modes] == [False, False, True, True]
+    assert [MemoryPolicy(m).decode_tile for m in modes] == [None, None, 64, 64]
+    assert [MemoryPolicy(m).drops_mapped_weights for m in modes] == [False, False, True, True]
 
 
 def _mapped_rss(path) -> int:
@@ -80,6 +82,30 @@ def test_dropping_mapped_pages_frees_them_and_keeps_the_data(tmp_path):
         assert _mapped_rss(path) == 0
         assert view[:] == data  # read again from the file
     assert drop_mapped_pages(tmp_path / "not-mapped.bin") == 0
+
+
+def test_private_writable_maps_are_dropped_only_when_asked_and_while_unwritten(tmp_path):
+    """ONNX Runtime maps each external weight privately and writable: such a map is dropped on request while it
+    holds only the file's pages, and kept once a page was written (dropping it would lose the write). By default
+    (OpenVINO, which writes such pages while it compiles) only read-only maps are dropped."""
+    import mmap
+
+    from instantid_edge.runtime.memory import drop_mapped_pages
+
+    path = tmp_path / "model.onnx.data"
+    data = bytes(range(256)) * 4096 * 4  # 4 MiB
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        view = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    with view:
+        assert view[:] == data
+        assert drop_mapped_pages(path) == 0 and _mapped_rss(path) >= len(data) // 2
+        assert drop_mapped_pages(path, unwritten_private=True) >= len(data) and _mapped_rss(path) == 0
+        assert view[:] == data  # read again from the file
+        view[0] = 255  # a private copy of the first page now
+        assert drop_mapped_pages(path, unwritten_private=True) == 0
+        assert view[0] == 255 and view[1:] == data[1:]
+    assert path.read_bytes() == data
 
 
 def test_mapped_pages_are_dropped_while_a_block_runs_and_after_it(tmp_path):
@@ -128,5 +154,31 @@ def test_openvino_drops_the_mapped_weights_once_compiled_and_computes_the_same(w
         del session
     assert weights.stat().st_size > 1 << 20
     assert resident[False] > weights.stat().st_size // 4 and resident[True] == 0
+    for name, value in outputs[False].items():
+        np.testing.assert_array_equal(outputs[True][name], value)
+
+
+def test_onnxruntime_drops_the_weights_it_reads_in_place_and_computes_the_same(int4_package):
+    """ONNX Runtime reads int4 MatMulNBits weights in place from the mapped data file; with ort_drop_mapped (the
+    lean modes) none of those pages stays resident after a call, and the outputs do not change."""
+    import numpy as np
+
+    from instantid_edge.runtime.manifest import read_manifest
+    from instantid_edge.runtime.session import Levers, SessionOptions, open_session
+
+    manifest = read_manifest(int4_package)
+    graph = manifest.graph("unet")
+    shapes = manifest.input_shapes("unet", 128, 128, 1)
+    rng = np.random.default_rng(0)
+    feeds = {spec.name: rng.standard_normal(shape).astype(np.float32) for spec, shape in
+             zip(graph.inputs, shapes.values(), strict=True)}  # fmt: skip
+    (data,) = graph.weight_paths(int4_package, "onnx")
+    resident, outputs = {}, {}
+    for drop in (False, True):
+        session = open_session(graph, int4_package, SessionOptions(levers=Levers(ort_drop_mapped=drop)))
+        outputs[drop] = session.run(feeds)
+        resident[drop] = _mapped_rss(data)
+        del session
+    assert resident[False] > data.stat().st_size // 4 and resident[True] == 0
     for name, value in outputs[False].items():
         np.testing.assert_array_equal(outputs[True][name], value)

@@ -56,8 +56,11 @@ def test_no_memory_mode_changes_the_image(runtime_package, face_pack, face_rgb, 
         assert results[mode].timings["calls"]["unet"] == 3 * split
         # the denoisers open before the first step (the warm start's end), except where every step reopens them
         assert ("open" in results[mode].timings) is (mode != "minimal")
-        # the lean modes open their sessions without ONNX Runtime's planned activation block
-        assert pipe.package.options.levers.ort_memory_pattern is (mode in ("normal", "low"))
+        # the lean modes open their sessions without ONNX Runtime's planned activation block, dropping the weights
+        # it reads in place from the mapped data files
+        levers = pipe.package.options.levers
+        assert levers.ort_memory_pattern is (mode in ("normal", "low"))
+        assert levers.ort_drop_mapped is (mode in ("lean", "minimal"))
         np.testing.assert_allclose(results[mode].latents, results["normal"].latents, rtol=0, atol=LATENT_ATOL)
         # 16x16 latents fit one decode tile: the image is the whole decode's
         np.testing.assert_array_equal(results[mode].images[0], results["normal"].images[0])
