@@ -13,6 +13,7 @@ physical-memory query, the process's memory, and handing freed memory back.
     process_memory()                   this process's RSS now (anonymous and file-backed) and its peak, in bytes
     release_memory()                   collect garbage and return freed heap pages to the system
     drop_mapped_pages(path)            evict this process's read-only mapped pages of a file (they re-read on use)
+    unwritten_maps(path)               its private writable maps of a file not written yet (droppable as well)
 
 Stages, in the order a run passes them: "conditioning" (text encoders, image adapter and img2img's VAE encoder
 done), "identitynet" and "unet" (after each call, every step; extra ControlNets follow IdentityNet),
@@ -29,7 +30,7 @@ import gc
 import os
 import resource
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -200,36 +201,49 @@ def release_memory() -> None:
 _MADV_DONTNEED = 4  # Linux
 
 
-def drop_mapped_pages(path: str | os.PathLike, unwritten_private: bool = False) -> int:
+def drop_mapped_pages(path: str | os.PathLike, unwritten: Collection[tuple[int, int]] = ()) -> int:
     """Drop this process's resident pages of its read-only memory maps of `path`; returns the bytes of mapping
     covered. OpenVINO keeps an IR's weights file mapped after compiling it, though the compiled model holds
     its own copy and never reads the mapped pages again: 2.5 GiB of the full int8 UNet's RSS once compiled
     (bench/RESULTS.md, "OpenVINO: the mapped weights dropped"). Read-only private maps of an unchanged file are safe
     to drop: a page read again comes back from the file. Where /proc or madvise is missing, nothing is done.
 
-    `unwritten_private`: also drop private writable maps none of whose pages was written (no anonymous page in
-    /proc/self/smaps). ONNX Runtime maps each external weight so and reads some in place at every call, without
-    writing them once the session is made. Only for such a library: one that may write a page between the check and
-    the drop (OpenVINO does, while it compiles) would lose the write.
+    `unwritten`: (start, end) of writable maps of `path` to drop as well (unwritten_maps).
     """
     target = os.path.realpath(path)
     covered = 0
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        for start, end, writable, private, anonymous in _mappings_of(target, unwritten_private):
-            droppable = not writable or (unwritten_private and private and anonymous == 0)
+        for start, end, writable, _, _ in _mappings_of(target):
+            droppable = not writable or (start, end) in unwritten
             if droppable and libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
                 covered += end - start
     return covered
 
 
-def _mappings_of(target: str, anonymous: bool) -> list[tuple[int, int, bool, bool, int | None]]:
+def unwritten_maps(path: str | os.PathLike) -> frozenset[tuple[int, int]]:
+    """(start, end) of this process's private writable maps of `path` none of whose pages was written yet.
+
+    ONNX Runtime maps each external weight so and reads some in place at every call (int4's MatMulNBits); it
+    writes none of them once the session is made, so the maps found unwritten then can be dropped during its calls
+    for the session's life. /proc/self/smaps, which tells written pages, takes ~0.1 s to read beside the full
+    UNet's 2,700 maps: read once per session, not at every drop. Not for a library that writes its maps later
+    (OpenVINO does, while it compiles): a drop would lose the write.
+    """
+    with contextlib.suppress(OSError):
+        maps = _mappings_of(os.path.realpath(path), smaps=True)
+        return frozenset((start, end) for start, end, writable, private, anonymous in maps
+                         if writable and private and anonymous == 0)  # fmt: skip
+    return frozenset()
+
+
+def _mappings_of(target: str, smaps: bool = False) -> list[tuple[int, int, bool, bool, int | None]]:
     """(start, end, writable, private, anonymous bytes) of each of this process's maps of the file `target`;
-    `anonymous`: read the written pages from /proc/self/smaps (slower), else None from /proc/self/maps."""
+    anonymous (written) bytes from /proc/self/smaps where `smaps`, else None from the cheaper /proc/self/maps."""
     found: list[list] = []
     current = None
-    with open("/proc/self/smaps" if anonymous else "/proc/self/maps") as listing:
+    with open("/proc/self/smaps" if smaps else "/proc/self/maps") as listing:
         for line in listing:
             fields = line.split(maxsplit=5)
             if "-" in fields[0] and len(fields) >= 5:  # a mapping's line (maps) or header line (smaps)
@@ -244,9 +258,9 @@ def _mappings_of(target: str, anonymous: bool) -> list[tuple[int, int, bool, boo
 
 
 @contextlib.contextmanager
-def dropping_mapped_pages(path: str | os.PathLike, every: float = 0.25, unwritten_private: bool = False):
+def dropping_mapped_pages(path: str | os.PathLike, every: float = 0.25, unwritten: Collection[tuple[int, int]] = ()):
     """Drop this process's mapped pages of `path` every `every` seconds while the block runs, and once after
-    (`unwritten_private`: drop_mapped_pages).
+    (`unwritten`: drop_mapped_pages).
 
     OpenVINO maps the whole IR while compiling it and copies each weight into its own layout; the pages it has
     read stay resident until the compile ends, on top of the copy it has made: the full-size UNet's compile
@@ -257,7 +271,7 @@ def dropping_mapped_pages(path: str | os.PathLike, every: float = 0.25, unwritte
 
     def drop() -> None:
         while not done.wait(every):
-            drop_mapped_pages(path, unwritten_private)
+            drop_mapped_pages(path, unwritten)
 
     worker = threading.Thread(target=drop, name="drop-mapped", daemon=True)
     worker.start()
@@ -266,4 +280,4 @@ def dropping_mapped_pages(path: str | os.PathLike, every: float = 0.25, unwritte
     finally:
         done.set()
         worker.join()
-        drop_mapped_pages(path, unwritten_private)
+        drop_mapped_pages(path, unwritten)

@@ -85,12 +85,12 @@ def test_dropping_mapped_pages_frees_them_and_keeps_the_data(tmp_path):
 
 
 def test_private_writable_maps_are_dropped_only_when_asked_and_while_unwritten(tmp_path):
-    """ONNX Runtime maps each external weight privately and writable: such a map is dropped on request while it
-    holds only the file's pages, and kept once a page was written (dropping it would lose the write). By default
-    (OpenVINO, which writes such pages while it compiles) only read-only maps are dropped."""
+    """ONNX Runtime maps each external weight privately and writable: such a map, found unwritten, is dropped when
+    named, and no longer found once a page was written (dropping it would lose the write). Unnamed (OpenVINO, which
+    writes such pages while it compiles), only read-only maps are dropped."""
     import mmap
 
-    from instantid_edge.runtime.memory import drop_mapped_pages
+    from instantid_edge.runtime.memory import drop_mapped_pages, unwritten_maps
 
     path = tmp_path / "model.onnx.data"
     data = bytes(range(256)) * 4096 * 4  # 4 MiB
@@ -99,11 +99,14 @@ def test_private_writable_maps_are_dropped_only_when_asked_and_while_unwritten(t
         view = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     with view:
         assert view[:] == data
+        unwritten = unwritten_maps(path)
+        assert len(unwritten) == 1
         assert drop_mapped_pages(path) == 0 and _mapped_rss(path) >= len(data) // 2
-        assert drop_mapped_pages(path, unwritten_private=True) >= len(data) and _mapped_rss(path) == 0
+        assert drop_mapped_pages(path, unwritten) >= len(data) and _mapped_rss(path) == 0
         assert view[:] == data  # read again from the file
         view[0] = 255  # a private copy of the first page now
-        assert drop_mapped_pages(path, unwritten_private=True) == 0
+        assert unwritten_maps(path) == frozenset()
+        assert drop_mapped_pages(path, unwritten_maps(path)) == 0
         assert view[0] == 255 and view[1:] == data[1:]
     assert path.read_bytes() == data
 
