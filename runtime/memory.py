@@ -56,7 +56,9 @@ class Mode:
     # liveness peak, for ~9% less time per call on the full UNet (bench/RESULTS.md); off in the lean modes
     planned_activations: bool = True
     # ONNX Runtime reads the weights it does not prepack (int4's MatMulNBits, for one) in place from the mapped
-    # data file; dropping those pages while a call runs (Levers.ort_drop_mapped) saves them for ~10% per call
+    # data file; dropping those pages while a call runs (Levers.ort_drop_mapped) took the full int4 package's lean
+    # peak at 768 from 4.22 to 3.56 GiB in the same time (bench/RESULTS.md). Off where memory is not the limit: a
+    # dropped page is read again, from the page cache or, under pressure, from disk
     drops_mapped_weights: bool = False
     # the denoisers open (OpenVINO: compile or load their blobs) together, in the background while the text
     # encoders run: a shorter start, with every opening transient at once on top of the conditioning graphs
