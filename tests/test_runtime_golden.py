@@ -6,7 +6,9 @@ tiny stand-in. On the machine and library versions that recorded it the comparis
 gave identical bits over repeated exports and runs there) and the package must be byte for byte the recorded one;
 elsewhere kernels may round differently, in the runtime and in the export that built the package (an Intel
 AVX-512 machine without bf16 exported other bytes than the recording AMD one), so the latents are compared to 1e-3
-(they reach 70 in magnitude; a changed stand-in or export moves them far more) and images are not compared.
+(they reach 70 in magnitude) and images are not compared. There a changed stand-in still fails, but an export
+change within float rounding passes (the head-sliced attention moved them by 6.9e-5): only the recording machine
+catches that.
 """
 
 from __future__ import annotations
