@@ -54,8 +54,9 @@ def quantize(package, out, method, graphs, calibration_faces, calibration_prompt
     \b
     Methods: weights (int8 weights, float compute), hybrid (int8 weights for MatMul/Gather, full int8 for
     convolutions), full (int8 weights and activations), int4 (4-bit MatMul weights in groups of 64; text
-    encoders int8 weights). weights and int4 leave OpenVINO's convolutions float (compiled, it would hold their
-    int8 weights twice, as f32). The VAE and the image adapter stay fp32.
+    encoders int8 weights), int4-hybrid (int4's MatMuls, hybrid's convolutions: OpenVINO's smallest). weights and
+    int4 leave OpenVINO's convolutions float (compiled, it would hold their int8 weights twice, as f32). The VAE
+    and the image adapter stay fp32.
     Example:
       instantid-edge quantize pkg --out pkg-int8 --method hybrid --calibration-faces photos/ --check
     """

@@ -3,6 +3,7 @@
 "weights": our streaming rewrite (onnx_weights): weight MatMuls dynamic int8, convolution weights int8.
 "int4": the same rewrite with the weight MatMuls as 4-bit MatMulNBits (onnx_int4).
 "hybrid": convolutions static QDQ (calibrated, onnxruntime.quantization), then weight MatMuls dynamic int8.
+"int4-hybrid": the same static QDQ convolutions, then the weight MatMuls as MatMulNBits.
 "full": static QDQ for convolutions and weight MatMuls.
 Static QDQ weights are 7-bit (`reduce_range`): ONNX Runtime fuses each QDQ pair into a u8 x s8 integer kernel,
 which saturates on CPUs without VNNI when weights use the full int8 range (runtime/cpu.py).
@@ -55,11 +56,11 @@ def quantize_onnx(source: Path, target: Path, action: str, samples: list[dict], 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from .onnx_weights import quantize_weights
+    from .policy import INT4, PRECISION, WEIGHT_ONLY
 
-    if action in ("weights", "int4"):
-        from .policy import INT4
-
-        quantize_weights(source, target, keep_float, int4=INT4 if action == "int4" else None)
+    int4 = INT4 if PRECISION[action] == "int4" else None
+    if action in WEIGHT_ONLY:
+        quantize_weights(source, target, keep_float, int4=int4)
         return
     exclude = _excluded(source, keep_float)
     # onnxruntime.quantization prints every node it visits to stdout
@@ -70,11 +71,11 @@ def quantize_onnx(source: Path, target: Path, action: str, samples: list[dict], 
         quantize_static(
             str(source), str(static_out), _Reader(samples),
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            op_types_to_quantize=["Conv"] if action == "hybrid" else ["Conv", "MatMul"],
+            op_types_to_quantize=["Conv", "MatMul"] if action == "full" else ["Conv"],
             per_channel=True, reduce_range=True, nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
             use_external_data_format=True, extra_options={"MatMulConstBOnly": True},
         )  # fmt: skip
-        if action == "hybrid":
-            quantize_weights(static_out, target, keep_float)
-        else:
+        if action == "full":
             consolidate_external_data(static_out, target)
+        else:
+            quantize_weights(static_out, target, keep_float, int4=int4)

@@ -1,4 +1,5 @@
-"""int8 (and int4) OpenVINO IR with NNCF: weight compression, hybrid, or full post-training quantization.
+"""int8 (and int4) OpenVINO IR with NNCF: weight compression, hybrid (int8 or int4 MatMul weights), or full
+post-training quantization.
 
 The weight-only actions leave convolutions as policy.WEIGHT_ONLY_CONVOLUTIONS says (float: OpenVINO would
 decompress their int8 weights to f32 at compile time and keep both copies).
@@ -24,42 +25,44 @@ def quantize_openvino(
         OverflowFix,
     )
 
-    from .policy import WEIGHT_ONLY_CONVOLUTIONS
+    from .policy import PRECISION, WEIGHT_ONLY, WEIGHT_ONLY_CONVOLUTIONS
 
     model = ov.Core().read_model(str(source_xml))
     keep = nncf.IgnoredScope(patterns=keep_float, validate=False) if keep_float else None
-    if WEIGHT_ONLY_CONVOLUTIONS["openvino"] == "float" and action in ("weights", "int4"):
+    if WEIGHT_ONLY_CONVOLUTIONS["openvino"] == "float" and action in WEIGHT_ONLY:
         keep = nncf.IgnoredScope(types=CONVOLUTIONS, patterns=keep_float, validate=False)
     calibrated = AdvancedQuantizationParameters(
         smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1), overflow_fix=OverflowFix.ENABLE
     )
-    if action == "weights":
-        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=keep)
-    elif action == "hybrid":
-        # Convolutions: int8 weights and calibrated activations. Then MatMul/Gather weights: int8, compute float.
-        # (Activations of the attention and feed-forward MatMuls are as large as their weights.)
+    if action in ("hybrid", "int4-hybrid"):
+        # Convolutions: int8 weights and calibrated activations. Then MatMul/Gather weights: int8 or int4, compute
+        # float. (Activations of the attention and feed-forward MatMuls are as large as their weights.)
         skip = nncf.IgnoredScope(types=["MatMul", "Gather"], patterns=keep_float, validate=False)
         model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), ignored_scope=skip,
                               model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=calibrated)  # fmt: skip
-        model = nncf.compress_weights(
-            model, mode=nncf.CompressWeightsMode.INT8_ASYM,
-            ignored_scope=nncf.IgnoredScope(types=CONVOLUTIONS, patterns=keep_float, validate=False),
-        )  # fmt: skip
-    elif action == "int4":
-        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
-
-        from .policy import INT4
-
-        # all_layers: the last MatMul too (NNCF would keep it int8; the ONNX rewrite has no such exception).
-        fallback = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
-                                                 min_adjusted_group_size=INT4.min_group_size)  # fmt: skip
-        model = nncf.compress_weights(
-            model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=INT4.group_size, ratio=1.0, all_layers=True,
-            backup_mode=nncf.BackupMode.INT8_ASYM, ignored_scope=keep, advanced_parameters=fallback,
-        )  # fmt: skip
-    elif action == "full":
+        keep = nncf.IgnoredScope(types=CONVOLUTIONS, patterns=keep_float, validate=False)
+    if action == "full":
         model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), ignored_scope=keep,
                               model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=calibrated)  # fmt: skip
+    elif PRECISION[action] == "int8":
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=keep)
+    elif PRECISION[action] == "int4":
+        model = _compress_int4(model, keep)
     else:
         raise ValueError(action)
     ov.save_model(model, str(target_xml), compress_to_fp16=False)
+
+
+def _compress_int4(model, keep):
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    from .policy import INT4
+
+    # all_layers: the last MatMul too (NNCF would keep it int8; the ONNX rewrite has no such exception).
+    fallback = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
+                                             min_adjusted_group_size=INT4.min_group_size)  # fmt: skip
+    return nncf.compress_weights(
+        model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=INT4.group_size, ratio=1.0, all_layers=True,
+        backup_mode=nncf.BackupMode.INT8_ASYM, ignored_scope=keep, advanced_parameters=fallback,
+    )  # fmt: skip

@@ -30,7 +30,15 @@ from ..tools.peak_memory import PeakMemory
 from .calibrate import Recording, calibration_faces, calibration_prompts, record
 from .fidelity import end_to_end, graph_fidelity, run_all
 from .integer_kernels import integer_kernel_record
-from .policy import INT4, KEEP_FLOAT, PRECISION, convolution_weights, policy_for
+from .policy import (
+    CALIBRATED_CONVOLUTIONS,
+    INT4,
+    KEEP_FLOAT,
+    PRECISION,
+    WEIGHT_ONLY,
+    convolution_weights,
+    policy_for,
+)
 
 
 @dataclass(frozen=True)
@@ -107,11 +115,11 @@ def _quantize_graph(name, action, graph: GraphInfo, source: Path, work: Path, sa
         files[fmt] = [file_entry(work, p) for p in backend_for_format(fmt).files(work / name)]
         kernels[fmt] = integer_kernel_record(fmt, target)
         log(f"{name}: {fmt} {action} ({PRECISION[action]}) in {time.perf_counter() - clock:.1f} s")
-    streamed = action in ("weights", "int4")  # our tensor-by-tensor ONNX rewrite
+    streamed = action in WEIGHT_ONLY  # our tensor-by-tensor ONNX rewrite
     quantization = {
         "action": action,
         "keep_float": keep,
-        "calibration_samples": len(samples) if action in ("hybrid", "full") else 0,
+        "calibration_samples": len(samples) if action in CALIBRATED_CONVOLUTIONS else 0,
         "tools": {
             "onnx": "instantid-edge onnx_weights" if streamed else "onnxruntime.quantization",
             "openvino": "nncf",
@@ -119,7 +127,7 @@ def _quantize_graph(name, action, graph: GraphInfo, source: Path, work: Path, sa
         "integer_kernels": kernels,
     }
     quantization["convolution_weights"] = {fmt: convolution_weights(action, fmt) for fmt in files}
-    if action == "int4":
+    if PRECISION[action] == "int4":
         quantization["int4"] = asdict(INT4)
     return replace(graph, precision=PRECISION[action], files=files, quantization=quantization)
 
@@ -142,7 +150,7 @@ def _quantize(request: QuantizeRequest, log) -> dict:
     faces, prompts = calibration_faces(request.calibration_faces), calibration_prompts(request.calibration_prompts)
     size = manifest.static_size or (request.calibration_size,) * 2
     calibration_jobs, held_out_job = _calibration_jobs(faces, prompts, request, manifest, size)
-    if not any(action in ("hybrid", "full") for action in policy.values()):
+    if not any(action in CALIBRATED_CONVOLUTIONS for action in policy.values()):
         calibration_jobs = calibration_jobs[:0]  # weights-only methods need the held-out run alone
     calibration, held_out = _record_inputs(request, manifest, policy, calibration_jobs, held_out_job, log)
 
@@ -167,7 +175,7 @@ def _quantize(request: QuantizeRequest, log) -> dict:
                 "samples": {
                     name: min(len(v), request.samples)
                     for name, v in calibration.feeds.items()
-                    if policy.get(name) in ("hybrid", "full")
+                    if policy.get(name) in CALIBRATED_CONVOLUTIONS
                 },
             },  # fmt: skip
             "fidelity": {"graphs": fidelity, "held_out": {"face": faces[-1][0], "prompt": prompts[-1], "seed": 10_000}},

@@ -3,8 +3,9 @@
 Actions: "fp32" (left as is), "weights" (int8 weights, float compute: MatMul/Gather weights in OpenVINO,
 dynamic int8 MatMul in ONNX Runtime), "hybrid" (int8 weights for MatMul/Gather, full int8 with calibrated
 activations for convolutions), "full" (int8 weights and calibrated activations everywhere allowed), "int4"
-(4-bit MatMul weights in groups, as INT4 says; embeddings int8 weights). Where the two weight-only actions
-leave convolutions' weights depends on the backend: WEIGHT_ONLY_CONVOLUTIONS.
+(4-bit MatMul weights in groups, as INT4 says; embeddings int8 weights), "int4-hybrid" (int4's MatMuls and
+embeddings, hybrid's calibrated convolutions). Where the two weight-only actions leave convolutions' weights
+depends on the backend: WEIGHT_ONLY_CONVOLUTIONS.
 The VAE stays fp32 (int8 gives artefacts and NaN-prone decodes); the image adapter is small and stays fp32;
 the text encoders get int8 weights only (activation quantization hurts them for little gain).
 """
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 
 from ..runtime.errors import ConfigError
 
-METHODS = ("weights", "hybrid", "full", "int4")
-ACTIONS = ("fp32", "weights", "hybrid", "full", "int4")
+METHODS = ("weights", "hybrid", "full", "int4", "int4-hybrid")
+ACTIONS = ("fp32", "weights", "hybrid", "full", "int4", "int4-hybrid")
+WEIGHT_ONLY = ("weights", "int4")  # float compute everywhere: no calibration
+CALIBRATED_CONVOLUTIONS = ("hybrid", "full", "int4-hybrid")  # int8 convolutions with calibrated activations
 
 _TEXT = {"text_encoder": "weights", "text_encoder_2": "weights"}
 _FLOAT = {"image_proj": "fp32", "vae_decoder": "fp32", "vae_encoder": "fp32"}
@@ -26,8 +29,12 @@ POLICIES = {
     "full": {"unet": "full", "identitynet": "full", **_TEXT, **_FLOAT},
     # the text encoders keep int8: their weights are a sixth of the denoisers' and their outputs steer every step
     "int4": {"unet": "int4", "identitynet": "int4", **_TEXT, **_FLOAT},
+    # OpenVINO's compiled model holds calibrated convolutions as int8, weight-only ones as f32: int4's smallest form
+    "int4-hybrid": {"unet": "int4-hybrid", "identitynet": "int4-hybrid", **_TEXT, **_FLOAT},
 }
-PRECISION = {"fp32": "fp32", "weights": "int8", "hybrid": "int8", "full": "int8", "int4": "int4"}  # per action
+PRECISION = {  # of each action's MatMul weights
+    "fp32": "fp32", "weights": "int8", "hybrid": "int8", "full": "int8", "int4": "int4", "int4-hybrid": "int4",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ class Int4Rule:
 
 INT4 = Int4Rule()
 
-# What the weight-only actions ("weights", "int4") store for convolution weights, per package format; their
+# What the weight-only actions (WEIGHT_ONLY) store for convolution weights, per package format; their
 # compute is float either way. ONNX Runtime dequantizes int8 convolution weights at every call and keeps only
 # the int8 ones. OpenVINO's CPU plugin folds them to f32 once, at compile time, and then holds about a second
 # f32 copy of them (measured, not traced inside OpenVINO); stored as f32, the IR's mapped pages are all there is
@@ -63,12 +70,12 @@ INT4 = Int4Rule()
 # f32 in its IR (output bit-identical): 1.25 GiB less memory compiled, IdentityNet 0.54 (bench/RESULTS.md
 # "OpenVINO: convolutions' weights stay float"). Left float, they are also the fp32 weights themselves.
 WEIGHT_ONLY_CONVOLUTIONS = {"onnx": "int8", "openvino": "float"}
-CALIBRATED = "calibrated"  # what "hybrid" and "full" store: int8 weights run by integer kernels on both backends
+CALIBRATED = "calibrated"  # what CALIBRATED_CONVOLUTIONS store: int8 weights run by integer kernels on both backends
 
 
 def convolution_weights(action: str, fmt: str) -> str:
     """How a quantized graph's convolutions are stored, recorded per graph (the memory estimate reads it)."""
-    return WEIGHT_ONLY_CONVOLUTIONS[fmt] if action in ("weights", "int4") else CALIBRATED
+    return WEIGHT_ONLY_CONVOLUTIONS[fmt] if action in WEIGHT_ONLY else CALIBRATED
 
 
 # Layers that stay float whatever the method (regular expressions over node names). IdentityNet's first

@@ -136,6 +136,12 @@ def int4_package(tmp_path_factory, runtime_package, face_pack) -> Path:
 
 
 @pytest.fixture(scope="session")
+def int4_hybrid_package(tmp_path_factory, runtime_package, face_pack) -> Path:
+    """The tiny package quantized with `--method int4-hybrid`: 4-bit MatMuls, calibrated integer convolutions."""
+    return _int8_package(tmp_path_factory, runtime_package, face_pack, "int4-hybrid")
+
+
+@pytest.fixture(scope="session")
 def hybrid_package(tmp_path_factory, runtime_package, face_pack) -> Path:
     """The tiny package quantized with `--method hybrid`: calibrated integer convolutions in both formats."""
     return _int8_package(tmp_path_factory, runtime_package, face_pack, "hybrid")

@@ -70,6 +70,55 @@ def test_int4_package_round_trip(runtime_package, weights_package, int4_package,
     assert not verify_files(manifest)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_int4_hybrid_package_round_trip(
+    runtime_package, hybrid_package, int4_package, int4_hybrid_package, face_pack, astronaut, backend
+):
+    """int4's 4-bit MatMuls with hybrid's calibrated int8 convolutions: on OpenVINO smaller than int4 (whose
+    convolutions stay f32) and than hybrid (int8 MatMuls); within hybrid's fidelity bound of fp32."""
+    from test_quantize import BOUNDS
+
+    from instantid_edge.runtime.images import load_rgb
+    from instantid_edge.runtime.manifest import read_manifest, verify_files
+    from instantid_edge.runtime.pipeline import InstantIDPipeline
+
+    settings = GenerationSettings(prompt="a pencil sketch of a person", seed=3, steps=4, height=128, width=128)
+    face = load_rgb(astronaut)
+    fp32 = InstantIDPipeline.load(runtime_package, backend=backend, face_models=face_pack)(face, settings)
+    quantized = InstantIDPipeline.load(int4_hybrid_package, backend=backend, face_models=face_pack)(face, settings)
+    image_psnr = psnr(fp32.images[0], quantized.images[0], 255.0)
+    print(f"{backend}: image PSNR {image_psnr:.1f} dB against fp32")
+    assert BOUNDS["hybrid"]["image_psnr_db"] < image_psnr < 99
+    manifest = read_manifest(int4_hybrid_package)
+    record = manifest.data["quantization"]
+    assert record["method"] == "int4-hybrid" and record["policy"]["unet"] == "int4-hybrid"
+    assert record["calibration"]["samples"] == {"identitynet": 4, "unet": 4}
+    assert record["fidelity"]["end_to_end"][backend]["image_psnr_db"] > BOUNDS["hybrid"]["image_psnr_db"]
+    fmt = "onnx" if backend == "onnxruntime" else "openvino"
+    for graph in ("identitynet", "unet"):
+        info = manifest.graph(graph)
+        assert info.precision == "int4" and info.quantization["int4"]["group_size"] == 64
+        assert info.quantization["convolution_weights"] == {"onnx": "calibrated", "openvino": "calibrated"}
+        assert info.quantization["calibration_samples"] == 4
+        assert record["fidelity"]["graphs"][graph][backend]["cosine"] > BOUNDS["hybrid"]["cosine"]
+        kernels = info.quantization["integer_kernels"][fmt]
+        assert kernels["count"] > 0 and kernels["saturation_free"]
+        size = {p: sum(f["bytes"] for f in read_manifest(p).graph(graph).files[fmt] if not f["path"].endswith(
+            (".onnx", ".xml"))) for p in (hybrid_package, int4_package, int4_hybrid_package)}  # fmt: skip
+        assert size[int4_hybrid_package] < size[hybrid_package], size
+        if fmt == "openvino":
+            convolutions = openvino_convolution_weights(int4_hybrid_package, graph)  # keep_float ones aside, int8
+            assert convolutions == openvino_convolution_weights(hybrid_package, graph) and "i8" in convolutions
+            assert size[int4_hybrid_package] < size[int4_package], size
+        else:  # the same MatMuls 4-bit as in int4, the convolutions static QDQ as in hybrid
+            path = info.path(int4_hybrid_package, fmt)
+            int4_path = read_manifest(int4_package).graph(graph).path(int4_package, fmt)
+            assert _op_count(path, "MatMulNBits") == _op_count(int4_path, "MatMulNBits") > 0
+            hybrid_path = read_manifest(hybrid_package).graph(graph).path(hybrid_package, fmt)
+            assert _op_count(path, "QuantizeLinear") == _op_count(hybrid_path, "QuantizeLinear") > 0
+    assert not verify_files(manifest)
+
+
 K, N = 512, 48
 
 
