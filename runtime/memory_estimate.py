@@ -47,10 +47,18 @@ RESIDENT = {"onnxruntime": 1.05, "openvino": 2.2}
 # quantize/policy.py): its copy in its own layout, the mapped IR dropped once compiled. Measured with bench-memory on
 # the full-size UNet and IdentityNet at 768, batch 1 (bench/RESULTS.md): int8 weights with float convolutions 1.13
 # and 1.11 ("OpenVINO: convolutions' weights stay float"), int4 with float convolutions 1.28 and 1.24, calibrated
-# int8 convolutions ("hybrid") 1.23 and 1.20 ("OpenVINO: hybrid int8 at full size"). Quantized IRs without the record
+# int8 convolutions ("hybrid") 1.23 and 1.20 ("OpenVINO: hybrid int8 at full size"), int4 with calibrated int8
+# convolutions ("int4-hybrid") 1.52 and 1.46 ("OpenVINO: int4 with int8 convolutions"). Quantized IRs without the record
 # (older packages: int8 convolutions folded to f32 at compile time and then held twice) hold about twice their
 # size: RESIDENT.
-RESIDENT_QUANTIZED = {"openvino": {("int8", "float"): 1.1, ("int4", "float"): 1.28, ("int8", "calibrated"): 1.22}}
+RESIDENT_QUANTIZED = {
+    "openvino": {
+        ("int8", "float"): 1.1,
+        ("int4", "float"): 1.28,
+        ("int8", "calibrated"): 1.22,
+        ("int4", "calibrated"): 1.5,
+    }
+}
 LOADING = {"onnxruntime": 0.05, "openvino": 0.1}
 LOADING_FROM_CACHE = {"onnxruntime": 0.05, "openvino": 1.0}  # OpenVINO reading a compiled blob: +0.9 GiB / 0.93
 ACTIVATIONS = {"onnxruntime": 2.0, "openvino": 1.3}

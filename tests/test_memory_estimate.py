@@ -58,7 +58,7 @@ def test_a_warm_openvino_cache_raises_the_predicted_load_peak(runtime_package):
         assert (warm > cold) if higher else (warm == cold), (backend, cold, warm)
 
 
-@pytest.mark.parametrize("method", ["weights", "hybrid", "int4"])
+@pytest.mark.parametrize("method", ["weights", "hybrid", "int4", "int4_hybrid"])
 def test_openvino_quantized_graphs_are_predicted_by_their_convolutions_record(request, runtime_package, method):
     """The manifest's precision and `convolution_weights` record pick the factor: OpenVINO holds an fp32 IR (or
     one with int8 convolutions decompressed at compile time) at about twice its size, the IRs `quantize` writes
@@ -69,7 +69,8 @@ def test_openvino_quantized_graphs_are_predicted_by_their_convolutions_record(re
     package = request.getfixturevalue(f"{method}_package")
     fp32, quantized = (MemoryModel(read_manifest(p), "openvino").resident for p in (runtime_package, package))
     assert fp32["unet"] == quantized["vae_decoder"] == RESIDENT["openvino"]  # the VAE stays fp32
-    expected = {"weights": ("int8", "float"), "hybrid": ("int8", "calibrated"), "int4": ("int4", "float")}[method]
+    expected = {"weights": ("int8", "float"), "hybrid": ("int8", "calibrated"), "int4": ("int4", "float"),
+                "int4_hybrid": ("int4", "calibrated")}[method]  # fmt: skip
     assert quantized["unet"] == quantized["identitynet"] == RESIDENT_QUANTIZED["openvino"][expected] < fp32["unet"]
     onnx = MemoryModel(read_manifest(package), "onnxruntime").resident
     assert onnx["unet"] == RESIDENT["onnxruntime"]
