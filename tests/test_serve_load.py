@@ -27,7 +27,9 @@ from serving import SMALL_JOB, get, parse_events, provenance, rss_mib, running_s
 pytest.importorskip("fastapi", reason="the service needs the serve extra: pip install '.[serve]'")
 
 MAX_QUEUE, BURST, AT_ONCE, TOTAL = 4, 40, 8, 100
-RSS_BOUND_MIB = 32
+# Kept photos grow RSS by ~96 MiB over the 90 jobs; without a leak it grew 4 MiB once and 40 MiB in a clean-clone CI
+# run (Intel Xeon, 2026-12-01): the allocator's noise, so the bound sits between the two.
+RSS_BOUND_MIB = 56
 HEALTH_LIMIT_SECONDS = 1.0
 
 
