@@ -13,6 +13,8 @@ at the level's latent size for the output size asked) runs in four forms, each a
     openvino int8      FakeQuantize on the input and the weights -> Convolution: what NNCF's calibrated IR
                        holds, run by oneDNN's int8 kernels
 
+Weights use half the int8 range (|w| <= 64), as the packages store them on both backends (runtime/cpu.py:
+full-range weights saturate the u8 x s8 kernels of CPUs without VNNI, and the error column would show it).
 Rates are GFLOP/s (2 per multiply-add) of the best of `repeat` calls after a warm-up; the ISA the figures come
 from (AVX2, AVX-512, VNNI, AMX) is part of the result (runtime/cpu.py).
 """
@@ -24,7 +26,7 @@ import time
 import numpy as np
 
 from ..export.architecture import architecture, vae_scale_factor
-from ..runtime.cpu import cpu_info
+from ..runtime.cpu import SAFE_INT8_WEIGHT, cpu_info
 
 FORMS = ("onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32", "openvino_int8")
 
@@ -52,7 +54,7 @@ def _onnx_conv(weight: np.ndarray, shape: list[int], ranges: tuple[float, float]
 
     conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
     if ranges:  # int8 weights, per-tensor scales, u8 activations: the QDQ form of our calibrated packages
-        w_scale = float(np.abs(weight).max()) / 127
+        w_scale = float(np.abs(weight).max()) / SAFE_INT8_WEIGHT
         initializers = [numpy_helper.from_array(np.round(weight / w_scale).astype(np.int8), "w8"),
                         scalar("w_scale", w_scale, np.float32), scalar("w_zero", 0, np.int8),
                         scalar("x_scale", 2 * ranges[0] / 255, np.float32), scalar("x_zero", 128, np.uint8),
@@ -89,7 +91,8 @@ def _openvino_conv(weight: np.ndarray, shape: list[int], ranges: tuple[float, fl
     w = ops.constant(weight)
     source = x
     if ranges:  # NNCF's calibrated form: FakeQuantize on activations (256 levels) and weights (255)
-        bound, x_bound = float(np.abs(weight).max()), np.float32(ranges[0])
+        # NNCF's overflow fix (quantize/openvino_int8.py) widens the weights' range so they take half the levels
+        bound, x_bound = float(np.abs(weight).max()) * 127 / SAFE_INT8_WEIGHT, np.float32(ranges[0])
         source = ops.fake_quantize(x, ops.constant(-x_bound), ops.constant(x_bound), ops.constant(-x_bound),
                                    ops.constant(x_bound), 256)  # fmt: skip
         w = ops.fake_quantize(w, ops.constant(np.float32(-bound)), ops.constant(np.float32(bound)),

@@ -1,1 +1,1 @@
-"""int8 model packages: NNCF for OpenVINO IR, onnxruntime.quantization for ONNX, fidelity measured, not assumed."""
+"""int8 and int4 model packages: NNCF for OpenVINO IR, our streamed rewrites for ONNX; fidelity measured."""

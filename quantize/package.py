@@ -115,13 +115,15 @@ def _quantize_graph(name, action, graph: GraphInfo, source: Path, work: Path, sa
         files[fmt] = [file_entry(work, p) for p in backend_for_format(fmt).files(work / name)]
         kernels[fmt] = integer_kernel_record(fmt, target)
         log(f"{name}: {fmt} {action} ({PRECISION[action]}) in {time.perf_counter() - clock:.1f} s")
-    streamed = action in WEIGHT_ONLY  # our tensor-by-tensor ONNX rewrite
+    onnx_rewrites = (
+        "onnx_weights" if action in WEIGHT_ONLY else "onnx_static" if action == "full" else "onnx_static + onnx_weights"
+    )  # our tensor-by-tensor rewrites (onnx_int8.py)
     quantization = {
         "action": action,
         "keep_float": keep,
         "calibration_samples": len(samples) if action in CALIBRATED_CONVOLUTIONS else 0,
         "tools": {
-            "onnx": "instantid-edge onnx_weights" if streamed else "onnxruntime.quantization",
+            "onnx": f"instantid-edge {onnx_rewrites}",
             "openvino": "nncf",
         },  # fmt: skip
         "integer_kernels": kernels,

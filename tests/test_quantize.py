@@ -124,6 +124,26 @@ def test_manifest_records_method_policy_calibration_and_fidelity(hybrid_package)
     assert not verify_files(manifest)
 
 
+def test_onnx_calibrated_convolutions_run_as_integer_kernels(hybrid_package, tmp_path):
+    """ONNX Runtime fuses every convolution the streamed QDQ rewrite quantized into QLinearConv; the float ones
+    are the UNet's output convolution (its output is the graph's) and IdentityNet's keep_float pair."""
+    import onnx
+    import onnxruntime as ort
+
+    from instantid_edge.runtime.manifest import read_manifest
+
+    manifest = read_manifest(hybrid_package)
+    for graph, float_convolutions in (("unet", 1), ("identitynet", 2)):
+        path = manifest.graph(graph).path(hybrid_package, "onnx")
+        stored = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node].count("Conv")
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{graph}.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node]
+        assert (ops.count("QLinearConv"), ops.count("Conv")) == (stored - float_convolutions, float_convolutions)
+    assert manifest.graph("unet").quantization["tools"]["onnx"] == "instantid-edge onnx_static + onnx_weights"
+
+
 def _cli(*args):
     from click.testing import CliRunner
 
